@@ -3,6 +3,9 @@
 x is a batch of MNIST images, float in [0, 1], shaped (N, 784) or (N, 1, 28, 28);
 y is a batch of int64 labels, shaped (N,), used by the CVAE only.
 """
+import glob
+import os
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -134,3 +137,9 @@ def load_checkpoint(path, device="cpu"):
     model = MODELS[checkpoint["model"]](latent_dim=checkpoint["args"]["latent_dim"])
     model.load_state_dict(checkpoint["model_state"])
     return model.to(device).eval()
+
+
+def newest_run(runs_dir, model_name, filename="checkpoint.pt"):
+    """The run folder RUNS_DIR/MODEL_NAME/* whose file matching `filename` changed last, or None."""
+    paths = glob.glob(os.path.join(runs_dir, model_name, "*", filename))
+    return os.path.dirname(max(paths, key=os.path.getmtime)) if paths else None

@@ -250,6 +250,7 @@ def train(model_name, args, given):
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{(sums[0] + sums[1]).item() / sums[2].item():.2f}")
 
+        torch.manual_seed(args.seed + rank)  # evaluate.py repeats this test loss exactly
         test_sums = loss_sums(eval_model, test_x[rank::world], test_y[rank::world])
         if world > 1:
             dist.all_reduce(sums)

@@ -81,7 +81,7 @@ def parse_args(model_name, defaults, argv=None):
     add("--warmup-epochs", number(float, low_ok=True), "linear learning-rate warm-up, in epochs")
     add("--lr-step-size", number(int, low_ok=True), "the original's StepLR: decay the lr every N optimizer steps; 0 is off")
     add("--lr-gamma", number(float, high=1.000001), "StepLR's decay factor")
-    add("--weight-decay", number(float, low_ok=True), "Adam's L2 weight decay")
+    add("--weight-decay", number(float, low_ok=True), "AdamW's decoupled weight decay")
     add("--ema", number(float, low_ok=True, high=1), "decay of the weight average that is evaluated and sampled; 0 is off")
     add("--latent-dim", number(int), "size of the latent space z")
     add("--seed", int, "random seed: the same seed and flags give the same weights on CPU")
@@ -148,6 +148,56 @@ def sample_grid(model, noise):
     return model.decode(z, y).view(-1, 1, 28, 28)
 
 
+def build(model_name, args, steps_per_epoch, device):
+    """The model, its optimizer, the learning-rate schedule and the weight average, as args ask."""
+    torch.manual_seed(args.seed)
+    model = MODELS[model_name](latent_dim=args.latent_dim).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, fused=device.type != "mps")
+    total_steps, warmup_steps = args.epochs * steps_per_epoch, args.warmup_epochs * steps_per_epoch
+
+    def lr_factor(step):
+        if args.lr_step_size:  # the original's StepLR, stepped per optimizer step
+            return args.lr_gamma ** (step // args.lr_step_size)
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return 0.5 * (1 + math.cos(math.pi * step / total_steps)) if args.schedule == "cosine" else 1.0
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema)) if args.ema else None
+    return model, optimizer, scheduler, average
+
+
+def batches(images, labels, order, batch_size, rank=0, world=1):
+    """(x, y) for each optimizer step: consecutive slices of `order`, this process's share of each."""
+    for start in range(0, len(order), batch_size):
+        index = order[start:start + batch_size][rank::world]
+        yield images[index], labels[index]
+
+
+def train_epoch(model, optimizer, scheduler, average, batches, desc="", total=None, show=True):
+    """One pass over `batches`; returns the sums [bce, kld, images] and the last learning rate."""
+    model.train()
+    sums = None
+    bar = tqdm(batches, desc=desc, total=total, leave=False, disable=not show)
+    for step, (x, y) in enumerate(bar):
+        recon, mu, logvar = model(x, y)  # the VAE ignores y
+        loss, bce, kld = loss_function(recon, x, mu, logvar)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"the loss became {loss.item()} at {desc}, step {step + 1}")
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if average:
+            average.update_parameters(model)  # under DDP, model.parameters() are the wrapped model's
+        batch_sums = torch.stack([bce.detach(), kld.detach(), torch.ones_like(bce)]) * len(x)
+        sums = batch_sums if sums is None else sums + batch_sums
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{(sums[0] + sums[1]).item() / sums[2].item():.2f}")
+    return sums, lr
+
+
 def train(model_name, args, given):
     # processes: torchrun sets RANK and WORLD_SIZE; plain `python train.py` is one process
     world = int(os.environ.get("WORLD_SIZE", 1))
@@ -186,23 +236,10 @@ def train(model_name, args, given):
     train_x, train_y = train_x[:args.limit].to(device), train_y[:args.limit].to(device)
     test_x, test_y = test_x.to(device), test_y.to(device)
 
-    torch.manual_seed(args.seed)
-    model = MODELS[model_name](latent_dim=args.latent_dim).to(device)
-    ddp_model = DistributedDataParallel(model) if world > 1 else model  # averages the gradients over processes
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, fused=device.type != "mps")
     # with --batch-size a multiple of the world size, every process takes the same share of each batch
     steps_per_epoch = math.ceil(len(train_x) / args.batch_size)
-    total_steps, warmup_steps = args.epochs * steps_per_epoch, args.warmup_epochs * steps_per_epoch
-
-    def lr_factor(step):
-        if args.lr_step_size:  # the original's StepLR, stepped per optimizer step
-            return args.lr_gamma ** (step // args.lr_step_size)
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        return 0.5 * (1 + math.cos(math.pi * step / total_steps)) if args.schedule == "cosine" else 1.0
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema)) if args.ema else None
+    model, optimizer, scheduler, average = build(model_name, args, steps_per_epoch, device)
+    ddp_model = DistributedDataParallel(model) if world > 1 else model  # averages the gradients over processes
     eval_model = average.module if average else model  # the weights that are tested, sampled and loaded
     noise = torch.randn(64, args.latent_dim, generator=torch.Generator().manual_seed(args.seed)).to(device)
 
@@ -213,6 +250,8 @@ def train(model_name, args, given):
             average.load_state_dict(checkpoint["average_state"])
         optimizer.load_state_dict(checkpoint["optimizer_state"])
         scheduler.load_state_dict(checkpoint["scheduler_state"])
+        scheduler.base_lrs = [args.lr]  # a --lr given again replaces the run's own
+        optimizer.param_groups[0]["lr"] = args.lr * scheduler.lr_lambdas[0](scheduler.last_epoch)
         start_epoch = checkpoint["epoch"] + 1
         if start_epoch >= args.epochs:
             print(f"{run_dir} has trained {start_epoch} epochs already; pass a larger --epochs to train further")
@@ -225,31 +264,10 @@ def train(model_name, args, given):
 
     for epoch in range(start_epoch, args.epochs):
         t0 = time.time()
-        model.train()
         torch.manual_seed(epoch_seed(args.seed, epoch, rank))  # the reparameterisation noise
-        order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(epoch_seed(args.seed, epoch)))
-        order = order.to(device)
-        sums = torch.zeros(3, device=device)  # bce, kld, images
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{args.epochs}", leave=False, disable=not master)
-        for step in bar:
-            index = order[step * args.batch_size:(step + 1) * args.batch_size][rank::world]
-            x, y = train_x[index], train_y[index] if model.conditional else None
-            recon, mu, logvar = ddp_model(x, y)
-            loss, bce, kld = loss_function(recon, x, mu, logvar)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
-                                         f"the last good checkpoint is kept in {run_dir}: try a lower --lr")
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            if average:
-                average.update_parameters(model)
-            sums += torch.stack([bce.detach() * len(x), kld.detach() * len(x), torch.tensor(len(x), device=device)])
-            if step % 50 == 0:
-                bar.set_postfix(loss=f"{(sums[0] + sums[1]).item() / sums[2].item():.2f}")
-
+        order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(epoch_seed(args.seed, epoch))).to(device)
+        sums, lr = train_epoch(ddp_model, optimizer, scheduler, average, batches(train_x, train_y, order, args.batch_size, rank, world),
+                               desc=f"epoch {epoch + 1}/{args.epochs}", total=steps_per_epoch, show=master)
         torch.manual_seed(args.seed + rank)  # evaluate.py repeats this test loss exactly
         test_sums = loss_sums(eval_model, test_x[rank::world], test_y[rank::world])
         if world > 1:
@@ -294,8 +312,11 @@ def main(model_name="VAE", **overrides):
         args.run_name = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     try:
         train(model_name, args, given)
-    except (OSError, ValueError, FloatingPointError) as e:
+    except (OSError, ValueError) as e:
         sys.exit(f"error: {e}")
+    except FloatingPointError as e:
+        run_dir = os.path.join(args.runs_dir, model_name, args.run_name)
+        sys.exit(f"error: {e}; training stopped, the last good checkpoint in {run_dir} is kept: resume it with a lower --lr")
 
 
 if __name__ == "__main__":

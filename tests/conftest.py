@@ -1,0 +1,31 @@
+"""Shared fixtures: the repo's scripts run as a user runs them, on small subsets, in temporary folders."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def run(script, *flags, check=True, **kw):
+    """Run python ROOT/script with flags from ROOT; returns the CompletedProcess."""
+    result = subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, flags)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300, **kw)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{script} {flags} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def train_flags(tmp, name, *extra, out="out"):
+    return ["--run-name", name, "--runs-dir", tmp / "runs", "--out-dir", tmp / out, *extra]
+
+
+@pytest.fixture(scope="session")
+def smoke(tmp_path_factory):
+    """One epoch of each model on 2,000 images: runs/VAE/smoke and runs/CVAE/smoke under a temporary folder."""
+    tmp = tmp_path_factory.mktemp("smoke")
+    run("train.py", "--epochs", 1, "--limit", 2000, *train_flags(tmp, "smoke"))
+    run("train_CVAE.py", "--epochs", 1, "--limit", 2000, *train_flags(tmp, "smoke", out="out_CVAE"))
+    return tmp

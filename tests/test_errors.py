@@ -1,0 +1,150 @@
+"""A user's mistake gets one line that names the problem and the fix, a non-zero exit, no traceback, and loses nothing."""
+import os
+import shutil
+
+import pytest
+import torch
+
+from conftest import ROOT, run, train_flags
+
+
+def fails_with(result, *phrases):
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for phrase in phrases:
+        assert phrase in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def data_copy(tmp_path):
+    """A private copy of the gzipped MNIST files, free to break."""
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in os.listdir(os.path.join(ROOT, "data", "MNIST", "raw")):
+        if name.endswith(".gz"):
+            shutil.copy(os.path.join(ROOT, "data", "MNIST", "raw", name), raw / name)
+    return tmp_path / "data"
+
+
+def test_missing_data_file(tmp_path, data_copy):
+    os.remove(data_copy / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz")
+    result = run("train.py", "--epochs", 1, "--data-dir", data_copy, *train_flags(tmp_path, "x"), check=False)
+    fails_with(result, "t10k-labels-idx1-ubyte.gz is missing", "git checkout")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_corrupt_data_file(tmp_path, data_copy, damage):
+    path = data_copy / "MNIST" / "raw" / "train-images-idx3-ubyte.gz"
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        data = data[:len(data) // 2]
+    else:
+        data[5000] ^= 0xFF
+    path.write_bytes(bytes(data))
+    result = run("train_CVAE.py", "--epochs", 1, "--data-dir", data_copy, *train_flags(tmp_path, "x"), check=False)
+    fails_with(result, "train-images-idx3-ubyte.gz is corrupt")
+
+
+def test_corrupt_unpacked_file_without_its_gz(tmp_path, data_copy):
+    raw = data_copy / "MNIST" / "raw"
+    run("train.py", "--epochs", 1, "--limit", 100, "--data-dir", data_copy, *train_flags(tmp_path, "ok"))  # unpacks
+    os.remove(raw / "t10k-images-idx3-ubyte.gz")
+    (raw / "t10k-images-idx3-ubyte").write_bytes(b"\x00" * 100)
+    result = run("train.py", "--epochs", 1, "--data-dir", data_copy, *train_flags(tmp_path, "x"), check=False)
+    fails_with(result, "t10k-images-idx3-ubyte is corrupt")
+
+
+def test_data_dir_that_does_not_exist(tmp_path):
+    result = run("train.py", "--data-dir", tmp_path / "nowhere", *train_flags(tmp_path, "x"), check=False)
+    fails_with(result, "does not exist", "--data-dir")
+
+
+@pytest.mark.parametrize("flag, value", [("--epochs", 0), ("--batch-size", -1), ("--lr", 0), ("--limit", 0), ("--epochs", "ten")])
+def test_bad_numbers(tmp_path, flag, value):
+    fails_with(run("train.py", flag, value, *train_flags(tmp_path, "x"), check=False), flag)
+
+
+@pytest.mark.parametrize("device", ["cuda:7", "tpu", "banana"])
+def test_device_that_is_not_there(tmp_path, device):
+    if device == "cuda:7" and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    fails_with(run("train.py", "--device", device, *train_flags(tmp_path, "x"), check=False), f"--device {device}")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished one-epoch run of each model, to resume, break and protect."""
+    tmp = tmp_path_factory.mktemp("finished")
+    run("train.py", "--epochs", 1, "--limit", 500, *train_flags(tmp, "done"))
+    run("train_CVAE.py", "--epochs", 1, "--limit", 500, *train_flags(tmp, "done", out="out_CVAE"))
+    return tmp
+
+
+def snapshot(folder):
+    return {os.path.join(d, f): open(os.path.join(d, f), "rb").read() for d, _, fs in os.walk(folder) for f in fs}
+
+
+def test_resume_without_checkpoint(tmp_path):
+    fails_with(run("train.py", "--resume", *train_flags(tmp_path, "never"), check=False), "no checkpoint", "--run-name")
+
+
+@pytest.mark.parametrize("content", [os.urandom(5000), "truncated"])
+def test_resume_from_a_broken_checkpoint(tmp_path, finished, content):
+    run_dir = tmp_path / "runs" / "VAE" / "broken"
+    run_dir.mkdir(parents=True)
+    good = (finished / "runs" / "VAE" / "done" / "checkpoint.pt").read_bytes()
+    (run_dir / "checkpoint.pt").write_bytes(good[:len(good) // 2] if content == "truncated" else content)
+    before = snapshot(tmp_path)
+    fails_with(run("train.py", "--resume", *train_flags(tmp_path, "broken"), check=False), "not a readable checkpoint")
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("script, other", [("train.py", "CVAE"), ("train_CVAE.py", "VAE")])
+def test_resume_with_the_other_models_checkpoint(tmp_path, finished, script, other):
+    mine = "VAE" if other == "CVAE" else "CVAE"
+    run_dir = tmp_path / "runs" / mine / "swapped"
+    run_dir.mkdir(parents=True)
+    shutil.copy(finished / "runs" / other / "done" / "checkpoint.pt", run_dir / "checkpoint.pt")
+    result = run(script, "--resume", "--epochs", 2, *train_flags(tmp_path, "swapped"), check=False)
+    fails_with(result, f"holds a {other}", "train_CVAE.py" if other == "CVAE" else "train.py")
+
+
+def test_resume_with_another_latent_size(finished):
+    before = snapshot(finished)
+    result = run("train.py", "--resume", "--epochs", 2, "--latent-dim", 8, *train_flags(finished, "done"), check=False)
+    fails_with(result, "--latent-dim 8", "checkpoint's 2")
+    assert snapshot(finished) == before
+
+
+def test_a_new_run_does_not_overwrite_an_old_one(finished):
+    before = snapshot(finished)
+    result = run("train.py", "--epochs", 1, "--limit", 100, *train_flags(finished, "done"), check=False)
+    fails_with(result, "already holds a run", "--resume")
+    assert snapshot(finished) == before
+
+
+def test_output_folder_that_cannot_be_written(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    fails_with(run("train.py", "--epochs", 1, *train_flags(tmp_path, "x"), "--out-dir", blocker / "out", check=False), "--out-dir", "cannot write")
+    fails_with(run("train.py", "--epochs", 1, "--run-name", "x", "--runs-dir", blocker, check=False), "--runs-dir", "cannot write")
+
+
+def test_loss_that_turns_non_finite_stops_and_keeps_the_last_checkpoint(finished):
+    checkpoint = finished / "runs" / "VAE" / "done" / "checkpoint.pt"
+    before = checkpoint.read_bytes()
+    result = run("train.py", "--resume", "--epochs", 3, "--lr", 1e12, *train_flags(finished, "done"), check=False)
+    line = fails_with(result, "epoch 2, step", "last good checkpoint")
+    assert "nan" in line or "inf" in line
+    assert checkpoint.read_bytes() == before
+
+
+def test_graph_with_no_runs(tmp_path):
+    fails_with(run("graph.py", "--runs-dir", tmp_path, check=False), "no runs", "python train.py")
+
+
+def test_latent_dist_with_no_checkpoint(tmp_path):
+    fails_with(run("latent_dist.py", "--runs-dir", tmp_path, check=False), "no checkpoint", "python train.py")

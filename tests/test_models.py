@@ -1,0 +1,110 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models import CVAE, VAE, load_checkpoint, loss_function, read_checkpoint
+
+
+@pytest.mark.parametrize("Model", [VAE, CVAE])
+@pytest.mark.parametrize("shape", [(5, 784), (5, 1, 28, 28)])
+def test_shapes(Model, shape):
+    model = Model(latent_dim=3)
+    x, y = torch.rand(shape), torch.arange(5)
+    labels = (y,) if model.conditional else ()
+    mu, logvar = model.encode(x, *labels)
+    assert mu.shape == logvar.shape == (5, 3)
+    images = model.decode(torch.randn(5, 3), *labels)
+    assert images.shape == (5, 784) and images.min() >= 0 and images.max() <= 1
+    recon, mu, logvar = model(x, *labels)
+    assert recon.shape == (5, 784) and mu.shape == (5, 3)
+    assert model.latent_dim == 3 and model.conditional == (Model is CVAE)
+
+
+def test_layer_sizes_follow_the_original():
+    vae, cvae = VAE(), CVAE()
+    sizes = lambda m: [(l.in_features, l.out_features) for l in m.modules() if isinstance(l, torch.nn.Linear)]
+    assert sizes(vae.encoder) == [(784, 256), (256, 512), (512, 2), (512, 2)]
+    assert sizes(vae.decoder) == [(2, 256), (256, 784)]
+    assert sizes(cvae.encoder) == [(794, 256), (256, 512), (512, 2), (512, 2)]
+    assert sizes(cvae.decoder) == [(12, 512), (512, 784)]
+
+
+def test_cvae_needs_labels():
+    with pytest.raises(ValueError, match="needs the labels"):
+        CVAE()(torch.rand(2, 784))
+
+
+def test_cvae_label_changes_the_decoding():
+    model, z = CVAE(), torch.zeros(2, 2)
+    a, b = model.decode(z, torch.tensor([0, 1]))
+    assert not torch.allclose(a, b)
+
+
+def test_loss_against_hand_computation():
+    x = torch.tensor([[0.0, 1.0, 0.5], [1.0, 0.2, 0.0]])
+    p = torch.tensor([[0.1, 0.8, 0.5], [0.6, 0.3, 0.9]])
+    mu = torch.tensor([[0.5, -1.0], [0.0, 2.0]])
+    logvar = torch.tensor([[0.0, math.log(4.0)], [-1.0, 0.0]])
+    bce_hand = [-sum(xi * math.log(pi) + (1 - xi) * math.log(1 - pi) for xi, pi in zip(xr, pr)) for xr, pr in zip(x.tolist(), p.tolist())]
+    # KL(N(mu, s^2) || N(0, 1)) = (s^2 + mu^2 - 1 - log s^2) / 2 per dimension
+    kld_hand = [sum((math.exp(lv) + m * m - 1 - lv) / 2 for m, lv in zip(mr, lr)) for mr, lr in zip(mu.tolist(), logvar.tolist())]
+    for recon in (p, torch.sigmoid(torch.logit(p.double())).float()):  # probabilities, then with logits attached
+        if recon is not p:
+            recon.logits = torch.logit(p)
+        total, bce, kld = loss_function(F.pad(recon, (0, 781)), F.pad(x, (0, 781)), mu, logvar)
+        assert bce.item() == pytest.approx(sum(bce_hand) / 2, rel=1e-5)
+        assert kld.item() == pytest.approx(sum(kld_hand) / 2, rel=1e-5)
+        assert total.item() == pytest.approx(bce.item() + kld.item(), rel=1e-6)
+
+
+def test_kl_is_zero_at_the_prior():
+    x = torch.rand(4, 784)
+    _, _, kld = loss_function(torch.full((4, 784), 0.5), x, torch.zeros(4, 2), torch.zeros(4, 2))
+    assert kld.item() == 0.0
+
+
+def test_loss_is_stable_where_the_sigmoid_saturates():
+    # logit 40: the sigmoid rounds to 1.0 in float32, yet the exact BCE for a pixel at 0 is 40 nats
+    model = VAE()
+    x = torch.zeros(1, 784)
+    recon = torch.sigmoid(torch.full((1, 784), 40.0))
+    recon.logits = torch.full((1, 784), 40.0)
+    _, bce, _ = loss_function(recon, x, torch.zeros(1, 2), torch.zeros(1, 2))
+    assert bce.item() == pytest.approx(40.0 * 784, rel=1e-6)
+    recon, mu, logvar = model(x)
+    assert hasattr(recon, "logits")  # model(x) hands the logits to the loss
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = CVAE(latent_dim=4)
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"model": "CVAE", "args": {"latent_dim": 4}, "model_state": model.state_dict()}, path)
+    loaded = load_checkpoint(path)
+    assert isinstance(loaded, CVAE) and loaded.latent_dim == 4 and not loaded.training
+    for a, b in zip(model.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_bad_checkpoints_raise_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        load_checkpoint(tmp_path / "missing.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(bytes(range(256)) * 10)
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        read_checkpoint(junk)
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(3)}, other)
+    with pytest.raises(ValueError, match="not a VAE-pytorch checkpoint"):
+        load_checkpoint(other)
+
+
+def test_checkpoints_cannot_run_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+    path = tmp_path / "evil.pt"
+    torch.save({"model": "VAE", "model_state": Evil()}, path)
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        read_checkpoint(path)

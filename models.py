@@ -90,11 +90,12 @@ def loss_function(recon_x, x, mu, logvar):
     the sigmoid saturates; a plain probability tensor works too.
     """
     x = x.reshape(len(x), IMAGE_SIZE)
+    mu, logvar = mu.float(), logvar.float()  # under bfloat16 autocast, sum in float32
     logits = getattr(recon_x, "logits", None)
     if logits is not None:
-        bce = F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
+        bce = F.binary_cross_entropy_with_logits(logits.float(), x, reduction="sum")
     else:
-        bce = F.binary_cross_entropy(recon_x.reshape(len(x), IMAGE_SIZE), x, reduction="sum")
+        bce = F.binary_cross_entropy(recon_x.reshape(len(x), IMAGE_SIZE).float(), x, reduction="sum")
     # KL(q(z|x) || N(0, I)) for a diagonal Gaussian q, in closed form
     kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
     n = len(x)

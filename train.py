@@ -38,6 +38,7 @@ DEFAULTS = dict(
     lr_gamma=0.5,
     weight_decay=0.0,
     ema=0.0,  # evaluate and sample an exponential moving average of the weights with this decay (0: off)
+    bf16=False,  # run the training steps' matrix products in bfloat16 (autocast); evaluation stays float32
     latent_dim=2,
     seed=0,
     device="auto",
@@ -83,6 +84,8 @@ def parse_args(model_name, defaults, argv=None):
     add("--lr-gamma", number(float, high=1.000001), "StepLR's decay factor")
     add("--weight-decay", number(float, low_ok=True), "AdamW's decoupled weight decay")
     add("--ema", number(float, low_ok=True, high=1), "decay of the weight average that is evaluated and sampled; 0 is off")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction,
+                   help=f"train with bfloat16 matrix products (autocast); tests and samples stay float32 (default: {defaults['bf16']})")
     add("--latent-dim", number(int), "size of the latent space z")
     add("--seed", int, "random seed: the same seed and flags give the same weights on CPU")
     add("--device", str, "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
@@ -174,13 +177,14 @@ def batches(images, labels, order, batch_size, rank=0, world=1):
         yield images[index], labels[index]
 
 
-def train_epoch(model, optimizer, scheduler, average, batches, desc="", total=None, show=True):
+def train_epoch(model, optimizer, scheduler, average, batches, bf16=False, desc="", total=None, show=True):
     """One pass over `batches`; returns the sums [bce, kld, images] and the last learning rate."""
     model.train()
     sums = None
-    bar = tqdm(batches, desc=desc, total=total, leave=False, disable=not show)
+    bar = tqdm(batches, desc=desc, total=total, leave=False, disable=None if show else True)  # None: only on a terminal
     for step, (x, y) in enumerate(bar):
-        recon, mu, logvar = model(x, y)  # the VAE ignores y
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            recon, mu, logvar = model(x, y)  # the VAE ignores y
         loss, bce, kld = loss_function(recon, x, mu, logvar)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the loss became {loss.item()} at {desc}, step {step + 1}")
@@ -267,7 +271,7 @@ def train(model_name, args, given):
         torch.manual_seed(epoch_seed(args.seed, epoch, rank))  # the reparameterisation noise
         order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(epoch_seed(args.seed, epoch))).to(device)
         sums, lr = train_epoch(ddp_model, optimizer, scheduler, average, batches(train_x, train_y, order, args.batch_size, rank, world),
-                               desc=f"epoch {epoch + 1}/{args.epochs}", total=steps_per_epoch, show=master)
+                               args.bf16, desc=f"epoch {epoch + 1}/{args.epochs}", total=steps_per_epoch, show=master)
         torch.manual_seed(args.seed + rank)  # evaluate.py repeats this test loss exactly
         test_sums = loss_sums(eval_model, test_x[rank::world], test_y[rank::world])
         if world > 1:

@@ -26,7 +26,7 @@ from torchvision import datasets, transforms
 
 from mnist import load_mnist
 from models import loss_function
-from train import DEFAULTS, batches, build, pick_device, train_epoch
+from train import DEFAULTS, batches, build, native_bf16, pick_device, train_epoch
 
 
 def peak_memory_reset(device):
@@ -56,7 +56,7 @@ def time_epochs(name, make_batches, model_name, args, device, steps):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        train_epoch(model, optimizer, scheduler, average, make_batches(), desc=name, total=steps)
+        train_epoch(model, optimizer, scheduler, average, make_batches(), args.bf16, desc=name, total=steps)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds.append(time.perf_counter() - t0)
@@ -79,9 +79,9 @@ def main():
         images, labels = load_mnist(cli.data_dir, train=True)
     except (OSError, ValueError) as e:
         sys.exit(f"error: {e}")
-    args = argparse.Namespace(**{**DEFAULTS, "batch_size": cli.batch_size})
+    args = argparse.Namespace(**{**DEFAULTS, "batch_size": cli.batch_size, "bf16": native_bf16(device)})
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    print(f"{cli.model}, batch size {cli.batch_size}, on {device} ({where}), torch {torch.__version__}")
+    print(f"{cli.model}, batch size {cli.batch_size}, bfloat16 {args.bf16}, on {device} ({where}), torch {torch.__version__}")
     steps = -(-len(images) // cli.batch_size)
 
     # train.py's pipeline: the data set is one tensor on the device; a batch is one indexing operation
@@ -113,7 +113,7 @@ def profile_epoch(model_name, args, device, images, labels, batch_size, steps):
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         t0 = time.perf_counter()
-        train_epoch(model, optimizer, scheduler, average, batches(images, labels, torch.randperm(len(images), device=device), batch_size))
+        train_epoch(model, optimizer, scheduler, average, batches(images, labels, torch.randperm(len(images), device=device), batch_size), args.bf16)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         epoch = time.perf_counter() - t0
@@ -122,7 +122,8 @@ def profile_epoch(model_name, args, device, images, labels, batch_size, steps):
     slices = [(images[i:i + batch_size], labels[i:i + batch_size]) for i in range(0, len(images), batch_size)]
     t0 = time.perf_counter()
     for x, y in slices:
-        recon, mu, logvar = model(x, y)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+            recon, mu, logvar = model(x, y)
         loss_function(recon, x, mu, logvar)[0].backward()
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -38,7 +38,7 @@ DEFAULTS = dict(
     lr_gamma=0.5,
     weight_decay=0.0,
     ema=0.0,  # evaluate and sample an exponential moving average of the weights with this decay (0: off)
-    bf16=False,  # run the training steps' matrix products in bfloat16 (autocast); evaluation stays float32
+    bf16=None,  # bfloat16 matrix products in training (autocast); None: where the hardware has them natively
     latent_dim=2,
     seed=0,
     device="auto",
@@ -85,7 +85,8 @@ def parse_args(model_name, defaults, argv=None):
     add("--weight-decay", number(float, low_ok=True), "AdamW's decoupled weight decay")
     add("--ema", number(float, low_ok=True, high=1), "decay of the weight average that is evaluated and sampled; 0 is off")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction,
-                   help=f"train with bfloat16 matrix products (autocast); tests and samples stay float32 (default: {defaults['bf16']})")
+                   help="train with bfloat16 matrix products (autocast); evaluation and samples stay float32 "
+                        "(default: on where the hardware multiplies bfloat16 natively: CPUs with AVX512-BF16 or AMX, NVIDIA GPUs from Ampere on)")
     add("--latent-dim", number(int), "size of the latent space z")
     add("--seed", int, "random seed: the same seed and flags give the same weights on CPU")
     add("--device", str, "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
@@ -114,6 +115,15 @@ def pick_device(name):
     if not available.get(device.type, False):
         raise ValueError(f"--device {name} is not available on this machine; use --device cpu, or auto to pick what is there")
     return device
+
+
+def native_bf16(device):
+    """Whether this device multiplies bfloat16 natively; elsewhere bfloat16 is emulated, and slower than float32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return False
 
 
 def writable_dir(path, flag):
@@ -213,6 +223,8 @@ def train(model_name, args, given):
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     master = rank == 0  # only this process writes logs, grids and checkpoints
+    if args.bf16 is None:
+        args.bf16 = native_bf16(device)
 
     run_dir = os.path.join(args.runs_dir, model_name, args.run_name)
     checkpoint_path = os.path.join(run_dir, "checkpoint.pt")

@@ -47,12 +47,12 @@ def peak_memory_mb(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def time_epochs(name, make_batches, model_name, args, device, steps):
+def time_epochs(name, make_batches, model_name, args, device, steps, repeats):
     """Train `repeats` epochs from fresh weights; returns the seconds of each and the peak memory."""
     model, optimizer, scheduler, average = build(model_name, args, steps, device)
     seconds = []
     peak_memory_reset(device)
-    for _ in range(args.repeats):
+    for _ in range(repeats):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
@@ -95,7 +95,7 @@ def main():
 
     results = {}
     for name, make_batches in (("train.py", ours), ("classic", classic)):
-        seconds, memory = time_epochs(name, make_batches, cli.model, args, device, steps)
+        seconds, memory = time_epochs(name, make_batches, cli.model, args, device, steps, cli.repeats)
         results[name] = statistics.median(seconds)
         print(f"{name:9s} {results[name]:6.2f} s/epoch  {len(images) / results[name]:8.0f} images/s  peak memory {memory:6.0f} MB"
               f"  (epochs: {', '.join(f'{s:.2f}' for s in seconds)})")

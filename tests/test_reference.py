@@ -1,0 +1,31 @@
+"""The committed reference runs reach the test -ELBO that the README reports."""
+import os
+import re
+
+import pytest
+import torch
+
+from conftest import ROOT
+from mnist import load_mnist
+from models import load_checkpoint, loss_sums, read_checkpoint
+
+
+def readme_test_elbo(model_name):
+    """The test -ELBO in the README's results table, row `| MODEL | runs/MODEL/reference | -ELBO | ...`."""
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    match = re.search(rf"^\| {model_name} \| `runs/{model_name}/reference` \| ([\d.]+) \|", text, re.MULTILINE)
+    assert match, f"no results row for runs/{model_name}/reference in README.md"
+    return float(match.group(1))
+
+
+@pytest.mark.parametrize("model_name, bar", [("VAE", 142.5), ("CVAE", 129.5)])
+def test_reference_checkpoint_matches_the_readme(model_name, bar):
+    path = os.path.join(ROOT, "runs", model_name, "reference", "checkpoint.pt")
+    model = load_checkpoint(path)
+    checkpoint = read_checkpoint(path)
+    assert checkpoint["epoch"] + 1 == (50 if model_name == "VAE" else 20)
+    test_x, test_y = load_mnist(os.path.join(ROOT, "data"), train=False)
+    torch.manual_seed(checkpoint["args"]["seed"])
+    test_elbo = loss_sums(model, test_x, test_y).sum().item() / len(test_x)
+    assert test_elbo == pytest.approx(readme_test_elbo(model_name), abs=0.5)
+    assert test_elbo <= bar

@@ -13,7 +13,6 @@ For each model it prints, in nats per image:
 import argparse
 import json
 import math
-import os
 import sys
 import time
 
@@ -24,7 +23,7 @@ from tqdm import tqdm
 
 from classifier import accuracy, load_classifier
 from mnist import load_mnist
-from models import MODELS, load_checkpoint, loss_sums, newest_run, read_checkpoint
+from models import checkpoint_paths, load_checkpoint, loss_sums, read_checkpoint
 from train import number, pick_device
 
 DEFAULTS = dict(
@@ -73,27 +72,9 @@ def label_agreement(model, classifier, n, device):
     return fractions
 
 
-def checkpoints(args):
-    """The checkpoint paths to evaluate, from --checkpoint, --run-name or the newest runs."""
-    if args.checkpoint:
-        return args.checkpoint
-    if args.run_name:
-        paths = [os.path.join(args.runs_dir, name, args.run_name, "checkpoint.pt") for name in MODELS]
-        paths = [path for path in paths if os.path.exists(path)]
-        if not paths:
-            raise FileNotFoundError(f"no run named {args.run_name} under {args.runs_dir}/VAE or {args.runs_dir}/CVAE; check --run-name and --runs-dir")
-        return paths
-    runs = [newest_run(args.runs_dir, name) for name in MODELS]
-    paths = [os.path.join(run, "checkpoint.pt") for run in runs if run]
-    if not paths:
-        raise FileNotFoundError(f"no checkpoint under {args.runs_dir}/VAE or {args.runs_dir}/CVAE; train one with train.py or train_CVAE.py, "
-                                f"or pass --runs-dir, --run-name or --checkpoint")
-    return paths
-
-
 def evaluate(args):
     device = pick_device(args.device)
-    paths = checkpoints(args)
+    paths = checkpoint_paths(args.runs_dir, args.run_name, args.checkpoint)
     loaded = [(path, read_checkpoint(path, device), load_checkpoint(path, device)) for path in paths]
     test_x, test_y = load_mnist(args.data_dir, train=False)
     test_x, test_y = test_x.to(device), test_y.to(device)

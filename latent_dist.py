@@ -18,22 +18,8 @@ from matplotlib.lines import Line2D
 from torchvision.utils import make_grid
 
 from mnist import load_mnist
-from models import MODELS, load_checkpoint, newest_run
+from models import checkpoint_paths, load_checkpoint
 from train import pick_device, writable_dir
-
-
-def find_checkpoints(args):
-    if args.checkpoint:  # a run folder will do too
-        return [os.path.join(p, "checkpoint.pt") if os.path.isdir(p) else p for p in args.checkpoint]
-    if args.run_name:
-        runs = [os.path.join(args.runs_dir, m, args.run_name) for m in MODELS]
-        if not any(map(os.path.isdir, runs)):
-            raise FileNotFoundError(f"no run named {args.run_name} under {args.runs_dir}/VAE/ or {args.runs_dir}/CVAE/; check --run-name and --runs-dir")
-    else:
-        runs = [newest_run(args.runs_dir, m) for m in MODELS]
-        if not any(runs):
-            raise FileNotFoundError(f"no checkpoint under {args.runs_dir}/VAE/ or {args.runs_dir}/CVAE/; train one with python train.py (or pass --checkpoint)")
-    return [os.path.join(run, "checkpoint.pt") for run in runs if run and os.path.isdir(run)]
 
 
 @torch.no_grad()
@@ -98,7 +84,7 @@ def main():
     args = p.parse_args()
     try:
         device = pick_device(args.device)
-        models = [(path, load_checkpoint(path, device)) for path in find_checkpoints(args)]
+        models = [(path, load_checkpoint(path, device)) for path in checkpoint_paths(args.runs_dir, args.run_name, args.checkpoint)]
         names = [type(model).__name__ for _, model in models]
         for name in set(names):
             if names.count(name) > 1:

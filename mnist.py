@@ -10,7 +10,6 @@ import os
 import shutil
 import tempfile
 
-import torch
 from torchvision import datasets
 
 # SHA256 of the canonical files: the .gz ones are in data/MNIST/raw/SHA256SUMS

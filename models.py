@@ -144,3 +144,20 @@ def newest_run(runs_dir, model_name, filename="checkpoint.pt"):
     """The run folder RUNS_DIR/MODEL_NAME/* whose file matching `filename` changed last, or None."""
     paths = glob.glob(os.path.join(runs_dir, model_name, "*", filename))
     return os.path.dirname(max(paths, key=os.path.getmtime)) if paths else None
+
+
+def checkpoint_paths(runs_dir="runs", run_name=None, paths=None):
+    """The checkpoints a script works on: `paths` (a run folder will do), else RUNS_DIR/{VAE,CVAE}/RUN_NAME,
+    else the newest run of each model."""
+    if paths:
+        return [os.path.join(path, "checkpoint.pt") if os.path.isdir(path) else path for path in paths]
+    if run_name:
+        found = [os.path.join(runs_dir, name, run_name, "checkpoint.pt") for name in MODELS]
+        found = [path for path in found if os.path.exists(path)]
+        if not found:
+            raise FileNotFoundError(f"no run named {run_name} under {runs_dir}/VAE/ or {runs_dir}/CVAE/; check --run-name and --runs-dir")
+        return found
+    found = [os.path.join(run, "checkpoint.pt") for run in (newest_run(runs_dir, name) for name in MODELS) if run]
+    if not found:
+        raise FileNotFoundError(f"no checkpoint under {runs_dir}/VAE/ or {runs_dir}/CVAE/; train one with python train.py (or pass --checkpoint)")
+    return found

@@ -9,6 +9,7 @@ this same code for the conditional VAE.
 Several processes, on GPUs or CPUs:  torchrun --nproc_per_node=N train.py
 """
 import argparse
+import glob
 import math
 import os
 import sys
@@ -229,9 +230,13 @@ def train(model_name, args, given):
     run_dir = os.path.join(args.runs_dir, model_name, args.run_name)
     checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
     checkpoint = None
-    if args.resume:
-        if not os.path.exists(checkpoint_path):
+    if args.resume and not os.path.exists(checkpoint_path):
+        # a run stopped in its first epoch has its logs but no checkpoint yet: it starts again
+        if not glob.glob(os.path.join(run_dir, "events.out.tfevents.*")):
             raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint_path}; check --run-name and --runs-dir, or start a new run without --resume")
+        if master:
+            print(f"{run_dir} stopped before its first checkpoint: starting it again from epoch 1")
+    elif args.resume:
         checkpoint = read_checkpoint(checkpoint_path, device)
         if checkpoint["model"] != model_name:
             script = "train.py" if checkpoint["model"] == "VAE" else "train_CVAE.py"

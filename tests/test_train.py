@@ -65,20 +65,24 @@ def test_same_seed_gives_identical_weights_and_resume_is_exact(tmp_path):
     assert sorted(os.listdir(tmp_path / "out")) == ["000.png", "001.png"]
 
 
-def test_kill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("script, model_name, kill_in", [("train_CVAE.py", "CVAE", "second epoch"), ("train.py", "VAE", "first epoch")])
+def test_kill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, script, model_name, kill_in):
     flags = ["--epochs", 3, "--limit", 20000, "--batch-size", 64]
-    run("train_CVAE.py", *train_flags(tmp_path, "whole"), *flags)
-    checkpoint = tmp_path / "runs" / "CVAE" / "killed" / "checkpoint.pt"
-    cmd = [sys.executable, os.path.join(ROOT, "train_CVAE.py"), *map(str, train_flags(tmp_path, "killed", out="out2")), *map(str, flags)]
+    run(script, *train_flags(tmp_path, "whole"), *flags)
+    run_dir = tmp_path / "runs" / model_name / "killed"
+    cmd = [sys.executable, os.path.join(ROOT, script), *map(str, train_flags(tmp_path, "killed", out="out2")), *map(str, flags)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # the first epoch has begun once the logs exist, the second once the first checkpoint does
+    wait_for = "events.out.tfevents.*" if kill_in == "first epoch" else "checkpoint.pt"
     deadline = time.time() + 120
-    while not checkpoint.exists() and time.time() < deadline:  # the first epoch is done...
+    while not list(run_dir.glob(wait_for)) and time.time() < deadline:
         time.sleep(0.02)
-    time.sleep(0.3)  # ...and the second is under way
+    time.sleep(0.3)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert read_checkpoint(checkpoint)["epoch"] < 2, "the run finished before it was killed"
-    run("train_CVAE.py", "--resume", *train_flags(tmp_path, "killed", out="out2"), *flags)
-    assert_same_weights(final_weights(tmp_path, "whole", "CVAE"), final_weights(tmp_path, "killed", "CVAE"))
-    logged = scalars(tmp_path / "runs" / "CVAE" / "killed")
+    if (run_dir / "checkpoint.pt").exists():
+        assert read_checkpoint(run_dir / "checkpoint.pt")["epoch"] < 2, "the run finished before it was killed"
+    run(script, "--resume", *train_flags(tmp_path, "killed", out="out2"), *flags)
+    assert_same_weights(final_weights(tmp_path, "whole", model_name), final_weights(tmp_path, "killed", model_name))
+    logged = scalars(run_dir)
     assert all([step for step, _ in values] == [0, 1, 2] for values in logged.values())

@@ -82,7 +82,7 @@ def parse_args(model_name, defaults, argv=None):
     add("--schedule", str, "learning-rate schedule", choices=["cosine", "constant"])
     add("--warmup-epochs", number(float, low_ok=True), "linear learning-rate warm-up, in epochs")
     add("--lr-step-size", number(int, low_ok=True), "the original's StepLR instead of the schedule: decay the lr every N optimizer steps; 0 is off")
-    add("--lr-gamma", number(float, high=1.000001), "StepLR's decay factor")
+    add("--lr-gamma", number(float), "StepLR's decay factor")
     add("--weight-decay", number(float, low_ok=True), "AdamW's decoupled weight decay")
     add("--ema", number(float, low_ok=True, high=1), "decay of the weight average that is evaluated and sampled; 0 is off")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction,

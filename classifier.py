@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from mnist import load_mnist
+from models import load_weights
 from train import number, save_atomic
 
 DEFAULTS = dict(
@@ -51,12 +52,7 @@ class Classifier(nn.Module):
 
 def load_classifier(path="data/classifier.pt", device="cpu"):
     """The trained Classifier, in eval mode."""
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no classifier at {path}; run python classifier.py to train it") from None
-    except Exception as e:
-        raise ValueError(f"{path} is not a readable classifier ({type(e).__name__}); run python classifier.py to train it again") from None
+    state = load_weights(path, device, "classifier", "run python classifier.py to train it")
     model = Classifier()
     try:
         model.load_state_dict(state)

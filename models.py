@@ -119,14 +119,19 @@ def loss_sums(model, images, labels=None, batch_size=1000):
 MODELS = {"VAE": VAE, "CVAE": CVAE}
 
 
-def read_checkpoint(path, device="cpu"):
-    """The dict a checkpoint.pt holds, checked; loading it runs no code (weights_only=True)."""
+def load_weights(path, device, what, remedy):
+    """torch.load with weights_only=True, so that loading runs no code; one-line errors name `what` and the remedy."""
     try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
+        return torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
-        raise FileNotFoundError(f"no checkpoint at {path}; train one with train.py or train_CVAE.py, or pass another path") from None
+        raise FileNotFoundError(f"no {what} at {path}; {remedy}") from None
     except Exception as e:
-        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}); it may be truncated or corrupt: train again or pick another") from None
+        raise ValueError(f"{path} is not a readable {what} ({type(e).__name__}); it may be truncated or corrupt: {remedy}") from None
+
+
+def read_checkpoint(path, device="cpu"):
+    """The dict a checkpoint.pt holds, checked."""
+    checkpoint = load_weights(path, device, "checkpoint", "train one with train.py or train_CVAE.py, or pass another path")
     if not isinstance(checkpoint, dict) or checkpoint.get("model") not in MODELS or "model_state" not in checkpoint:
         raise ValueError(f"{path} is not a VAE-pytorch checkpoint; pass a checkpoint.pt written by train.py or train_CVAE.py")
     return checkpoint

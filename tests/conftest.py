@@ -22,10 +22,13 @@ def train_flags(tmp, name, *extra, out="out"):
     return ["--run-name", name, "--runs-dir", tmp / "runs", "--out-dir", tmp / out, *extra]
 
 
+def train_both(tmp, name, limit):
+    """One epoch of each model on `limit` images: TMP/runs/VAE/NAME and TMP/runs/CVAE/NAME, grids in TMP/out*."""
+    run("train.py", "--epochs", 1, "--limit", limit, *train_flags(tmp, name))
+    run("train_CVAE.py", "--epochs", 1, "--limit", limit, *train_flags(tmp, name, out="out_CVAE"))
+    return tmp
+
+
 @pytest.fixture(scope="session")
 def smoke(tmp_path_factory):
-    """One epoch of each model on 2,000 images: runs/VAE/smoke and runs/CVAE/smoke under a temporary folder."""
-    tmp = tmp_path_factory.mktemp("smoke")
-    run("train.py", "--epochs", 1, "--limit", 2000, *train_flags(tmp, "smoke"))
-    run("train_CVAE.py", "--epochs", 1, "--limit", 2000, *train_flags(tmp, "smoke", out="out_CVAE"))
-    return tmp
+    return train_both(tmp_path_factory.mktemp("smoke"), "smoke", 2000)

@@ -5,7 +5,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import ROOT, run, train_flags
+from conftest import ROOT, run, train_both, train_flags
 
 
 def fails_with(result, *phrases):
@@ -77,10 +77,7 @@ def test_device_that_is_not_there(tmp_path, device):
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """A finished one-epoch run of each model, to resume, break and protect."""
-    tmp = tmp_path_factory.mktemp("finished")
-    run("train.py", "--epochs", 1, "--limit", 500, *train_flags(tmp, "done"))
-    run("train_CVAE.py", "--epochs", 1, "--limit", 500, *train_flags(tmp, "done", out="out_CVAE"))
-    return tmp
+    return train_both(tmp_path_factory.mktemp("finished"), "done", 500)
 
 
 def snapshot(folder):

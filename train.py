@@ -182,8 +182,9 @@ def build(model_name, args, steps_per_epoch, device):
 
 
 def batches(images, labels, order, batch_size, rank=0, world=1):
-    """(x, y) for each optimizer step: consecutive slices of `order`, this process's share of each."""
-    for start in range(0, len(order), batch_size):
+    """(x, y) for each optimizer step: consecutive slices of `order`, this process's share of each
+    (a last batch smaller than the number of processes is dropped: every share must hold an image)."""
+    for start in range(0, len(order) - world + 1, batch_size):
         index = order[start:start + batch_size][rank::world]
         yield images[index], labels[index]
 

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from classifier import accuracy, load_classifier
 from mnist import load_mnist
-from models import checkpoint_paths, load_checkpoint, loss_sums, read_checkpoint
+from models import checkpoint_paths, loss_sums, model_from, read_checkpoint
 from train import number, pick_device
 
 DEFAULTS = dict(
@@ -75,7 +75,8 @@ def label_agreement(model, classifier, n, device):
 def evaluate(args):
     device = pick_device(args.device)
     paths = checkpoint_paths(args.runs_dir, args.run_name, args.checkpoint)
-    loaded = [(path, read_checkpoint(path, device), load_checkpoint(path, device)) for path in paths]
+    checkpoints = [(path, read_checkpoint(path, device)) for path in paths]
+    loaded = [(path, checkpoint, model_from(checkpoint, device)) for path, checkpoint in checkpoints]
     test_x, test_y = load_mnist(args.data_dir, train=False)
     test_x, test_y = test_x.to(device), test_y.to(device)
     classifier = None

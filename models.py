@@ -139,7 +139,11 @@ def read_checkpoint(path, device="cpu"):
 
 def load_checkpoint(path, device="cpu"):
     """Rebuild the model a checkpoint.pt was written for, with its weights, in eval mode."""
-    checkpoint = read_checkpoint(path, device)
+    return model_from(read_checkpoint(path, device), device)
+
+
+def model_from(checkpoint, device="cpu"):
+    """The model of a checkpoint dict that read_checkpoint returned, with its weights, in eval mode."""
     model = MODELS[checkpoint["model"]](latent_dim=checkpoint["args"]["latent_dim"])
     model.load_state_dict(checkpoint["model_state"])
     return model.to(device).eval()

@@ -3,6 +3,10 @@
 The four gzipped IDX files ship with the repo in data/MNIST/raw/. On first use
 they are checked against their SHA256, unpacked next to themselves, and read
 with torchvision.datasets.MNIST (which reads the unpacked files).
+
+Binarised MNIST (--binarize dynamic): each pixel is drawn as Bernoulli(grey level).
+train.py draws the training images anew each epoch; the test images are drawn once,
+the same for every run and script, with the generator seeded by TEST_BINARIZE_SEED.
 """
 import gzip
 import hashlib
@@ -10,6 +14,7 @@ import os
 import shutil
 import tempfile
 
+import torch
 from torchvision import datasets
 
 # SHA256 of the canonical files: the .gz ones are in data/MNIST/raw/SHA256SUMS
@@ -25,6 +30,8 @@ RAW_SHA256 = {
     "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
     "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
 }
+TEST_BINARIZE_SEED = 0
+BINARIZE = ["none", "dynamic"]  # the choices of --binarize
 RESTORE = "restore it with `git checkout -- data/MNIST/raw` or copy a good one from a fresh clone"
 
 
@@ -48,21 +55,46 @@ def prepare(data_dir):
                 raise ValueError(f"{gz} is corrupt or truncated (SHA256 mismatch); {RESTORE}")
             if os.path.exists(raw) and sha256(raw) == RAW_SHA256[name]:
                 continue
-            try:  # unpack to a temporary file, then rename: a killed run never leaves half a file
-                with gzip.open(gz, "rb") as src, tempfile.NamedTemporaryFile(dir=raw_dir, delete=False) as dst:
-                    shutil.copyfileobj(src, dst)
-                os.replace(dst.name, raw)
-            except PermissionError:
-                raise PermissionError(f"cannot unpack {gz} in {raw_dir}: the folder is read-only; copy {data_dir} somewhere writable and pass that as --data-dir") from None
+            unpack(gz, raw)
         elif not os.path.exists(raw):
             raise FileNotFoundError(f"MNIST file {gz} is missing; {RESTORE}, or pass --data-dir")
         elif sha256(raw) != RAW_SHA256[name]:
             raise ValueError(f"{raw} is corrupt or truncated (SHA256 mismatch); delete it and {RESTORE}")
 
 
-def load_mnist(data_dir="data", train=True):
-    """Return (images, labels): float32 (N, 784) in [0, 1] and int64 (N,)."""
+def unpack(gz, raw):
+    """Unpack to a temporary file, then rename: a killed run never leaves half a file (nor, short of SIGKILL, a temporary one)."""
+    raw_dir = os.path.dirname(raw)
+    try:
+        tmp = tempfile.NamedTemporaryFile(dir=raw_dir, prefix=os.path.basename(raw) + ".", suffix=".tmp", delete=False)
+    except PermissionError:
+        raise PermissionError(f"cannot unpack {gz} in {raw_dir}: the folder is read-only; copy the data folder somewhere writable and pass that as --data-dir") from None
+    try:
+        with gzip.open(gz, "rb") as src, tmp as dst:
+            shutil.copyfileobj(src, dst)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp.name, 0o666 & ~umask)  # the permissions of any new file, not the private 0600 of a temporary one
+        os.replace(tmp.name, raw)
+    except BaseException:
+        os.remove(tmp.name)
+        raise
+
+
+def binarize(images, generator=None):
+    """Each pixel drawn as Bernoulli(grey level): 0.0 or 1.0."""
+    return torch.bernoulli(images, generator=generator)
+
+
+def load_mnist(data_dir="data", train=True, binarized=False):
+    """Return (images, labels): float32 (N, 784) in [0, 1] and int64 (N,).
+
+    binarized=True gives the test set as binarised once for every run (train=False only).
+    """
     prepare(data_dir)
     ds = datasets.MNIST(data_dir, train=train, download=False)
     images = ds.data.reshape(len(ds.data), 784).float().div_(255)  # the same values as transforms.ToTensor()
+    if binarized:
+        assert not train, "training images are binarised anew each epoch by train.py"
+        images = binarize(images, torch.Generator().manual_seed(TEST_BINARIZE_SEED))
     return images, ds.targets.long()

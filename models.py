@@ -1,11 +1,8 @@
-"""The VAE and the conditional VAE, their loss, and checkpoint loading.
+"""The VAE and the conditional VAE, their loss, and loading a trained one from its checkpoint.
 
 x is a batch of MNIST images, float in [0, 1], shaped (N, 784) or (N, 1, 28, 28);
 y is a batch of int64 labels, shaped (N,), used by the CVAE only.
 """
-import glob
-import os
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -39,7 +36,7 @@ class Decoder(nn.Module):
 
 
 class VAE(nn.Module):
-    """x -> Encoder -> (mu, logvar) -> z = mu + sigma * eps -> Decoder -> x_hat."""
+    """x -> Encoder -> (mu, logvar) -> z = mu + sigma * eps -> Decoder -> logits of x."""
 
     conditional = False
 
@@ -58,21 +55,27 @@ class VAE(nn.Module):
         return torch.cat([inputs, F.one_hot(y, self.num_classes).to(inputs.dtype)], dim=1)
 
     def encode(self, x, y=None):
+        """(mu, logvar) of q(z|x), each (N, latent_dim)."""
         return self.encoder(self.with_label(x.reshape(len(x), IMAGE_SIZE), y))
 
     def decode_logits(self, z, y=None):
         return self.decoder(self.with_label(z, y))
 
     def decode(self, z, y=None):
+        """Pixel probabilities (N, 784) of p(x|z)."""
         return torch.sigmoid(self.decode_logits(z, y))
 
-    def forward(self, x, y=None):
+    def forward(self, x, y=None, generator=None):
+        """(logits, mu, logvar): the decoder's logits for one z ~ q(z|x) per image, and q's parameters.
+
+        The noise comes from `generator` when one is given (on the images' device), so that it can be repeated.
+        """
         mu, logvar = self.encode(x, y)
-        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)  # reparameterisation: the noise carries no gradient
-        logits = self.decode_logits(z, y)
-        reconstruction = torch.sigmoid(logits)
-        reconstruction.logits = logits  # kept for loss_function, which computes the BCE stably from them
-        return reconstruction, mu, logvar
+        # the reparameterisation in float32, also under bfloat16 autocast: z keeps its precision
+        mu, logvar = mu.float(), logvar.float()
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device)  # carries no gradient
+        z = mu + torch.exp(0.5 * logvar) * eps
+        return self.decode_logits(z, y), mu, logvar
 
 
 class CVAE(VAE):
@@ -82,91 +85,65 @@ class CVAE(VAE):
         super().__init__(latent_dim, num_classes, decoder_hidden=512)
 
 
-def loss_function(recon_x, x, mu, logvar):
+MODELS = {"VAE": VAE, "CVAE": CVAE}
+
+
+def loss_function(logits, x, mu, logvar):
     """Negative ELBO: (total, bce, kld), each the batch mean of a per-image sum, in nats.
 
-    recon_x is what model(x) returns. Its BCE is computed from the decoder's
-    logits when they are attached (as model(x) does), which stays exact where
-    the sigmoid saturates; a plain probability tensor works too.
+    logits are what model(x) returns first; the BCE is computed from them, which stays
+    exact where the sigmoid saturates.
     """
     x = x.reshape(len(x), IMAGE_SIZE)
-    mu, logvar = mu.float(), logvar.float()  # under bfloat16 autocast, sum in float32
-    logits = getattr(recon_x, "logits", None)
-    if logits is not None:
-        bce = F.binary_cross_entropy_with_logits(logits.float(), x, reduction="sum")
-    else:
-        bce = F.binary_cross_entropy(recon_x.reshape(len(x), IMAGE_SIZE).float(), x, reduction="sum")
+    bce = F.binary_cross_entropy_with_logits(logits.float(), x, reduction="sum")  # under autocast, sum in float32
     # KL(q(z|x) || N(0, I)) for a diagonal Gaussian q, in closed form
-    kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+    kld = -0.5 * torch.sum(1 + logvar.float() - mu.float().pow(2) - logvar.float().exp())
     n = len(x)
     return (bce + kld) / n, bce / n, kld / n
 
 
 @torch.no_grad()
-def loss_sums(model, images, labels=None, batch_size=1000):
+def loss_sums(model, images, labels, generator=None, batch_size=1000):
     """Sums over a data set of the per-image BCE and KLD, as a tensor [bce, kld]; one z sample per image."""
-    model.eval()
     sums = torch.zeros(2, device=images.device)
     for i in range(0, len(images), batch_size):
         x = images[i:i + batch_size]
         y = labels[i:i + batch_size] if model.conditional else None
-        recon, mu, logvar = model(x, y)
-        _, bce, kld = loss_function(recon, x, mu, logvar)
+        logits, mu, logvar = model(x, y, generator)
+        _, bce, kld = loss_function(logits, x, mu, logvar)
         sums += torch.stack([bce, kld]) * len(x)
     return sums
 
 
-MODELS = {"VAE": VAE, "CVAE": CVAE}
-
-
-def load_weights(path, device, what, remedy):
-    """torch.load with weights_only=True, so that loading runs no code; one-line errors name `what` and the remedy."""
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no {what} at {path}; {remedy}") from None
-    except Exception as e:
-        raise ValueError(f"{path} is not a readable {what} ({type(e).__name__}); it may be truncated or corrupt: {remedy}") from None
-
-
 def read_checkpoint(path, device="cpu"):
-    """The dict a checkpoint.pt holds, checked."""
-    checkpoint = load_weights(path, device, "checkpoint", "train one with train.py or train_CVAE.py, or pass another path")
-    if not isinstance(checkpoint, dict) or checkpoint.get("model") not in MODELS or "model_state" not in checkpoint:
+    """The dict a checkpoint.pt holds, checked; torch.load with weights_only=True, so that loading runs no code."""
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no checkpoint at {path}; train one with train.py or train_CVAE.py, or pass another path") from None
+    except Exception as e:
+        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}); it may be truncated or corrupt: "
+                         f"pass another checkpoint, or train again") from None
+    if isinstance(checkpoint, dict) and "model_state" in checkpoint:  # written before the keys were renamed
+        checkpoint["weights"] = checkpoint.pop("model_state")
+        if "train_state" in checkpoint:
+            checkpoint["trained_weights"] = checkpoint.pop("train_state")
+    if not isinstance(checkpoint, dict) or checkpoint.get("model") not in MODELS or "weights" not in checkpoint:
         raise ValueError(f"{path} is not a VAE-pytorch checkpoint; pass a checkpoint.pt written by train.py or train_CVAE.py")
     return checkpoint
 
 
-def load_checkpoint(path, device="cpu"):
-    """Rebuild the model a checkpoint.pt was written for, with its weights, in eval mode."""
-    return model_from(read_checkpoint(path, device), device)
-
-
-def model_from(checkpoint, device="cpu"):
+def model_from(checkpoint, device="cpu", path="the checkpoint"):
     """The model of a checkpoint dict that read_checkpoint returned, with its weights, in eval mode."""
     model = MODELS[checkpoint["model"]](latent_dim=checkpoint["args"]["latent_dim"])
-    model.load_state_dict(checkpoint["model_state"])
+    try:
+        model.load_state_dict(checkpoint["weights"])
+    except (RuntimeError, TypeError, KeyError):
+        raise ValueError(f"{path}: its weights do not fit a {checkpoint['model']} with latent size {model.latent_dim}; "
+                         f"it is damaged or from other code: pass another checkpoint") from None
     return model.to(device).eval()
 
 
-def newest_run(runs_dir, model_name, filename="checkpoint.pt"):
-    """The run folder RUNS_DIR/MODEL_NAME/* whose file matching `filename` changed last, or None."""
-    paths = glob.glob(os.path.join(runs_dir, model_name, "*", filename))
-    return os.path.dirname(max(paths, key=os.path.getmtime)) if paths else None
-
-
-def checkpoint_paths(runs_dir="runs", run_name=None, paths=None):
-    """The checkpoints a script works on: `paths` (a run folder will do), else RUNS_DIR/{VAE,CVAE}/RUN_NAME,
-    else the newest run of each model."""
-    if paths:
-        return [os.path.join(path, "checkpoint.pt") if os.path.isdir(path) else path for path in paths]
-    if run_name:
-        found = [os.path.join(runs_dir, name, run_name, "checkpoint.pt") for name in MODELS]
-        found = [path for path in found if os.path.exists(path)]
-        if not found:
-            raise FileNotFoundError(f"no run named {run_name} under {runs_dir}/VAE/ or {runs_dir}/CVAE/; check --run-name and --runs-dir")
-        return found
-    found = [os.path.join(run, "checkpoint.pt") for run in (newest_run(runs_dir, name) for name in MODELS) if run]
-    if not found:
-        raise FileNotFoundError(f"no checkpoint under {runs_dir}/VAE/ or {runs_dir}/CVAE/; train one with python train.py (or pass --checkpoint)")
-    return found
+def load_checkpoint(path, device="cpu"):
+    """Rebuild the model a checkpoint.pt was written for, with its weights, in eval mode."""
+    return model_from(read_checkpoint(path, device), device, path)

@@ -1,19 +1,17 @@
 """Train the VAE on MNIST:  python train.py  (python train.py --help for the flags)
 
 Each epoch it logs the mean train and test BCE, KLD and loss (the negative ELBO, in
-nats per image) and the learning rate to TensorBoard in runs/VAE/RUN_NAME/, saves a
-grid of samples from fixed noise to out/NNN.png, and writes the checkpoint
-runs/VAE/RUN_NAME/checkpoint.pt that --resume continues from. train_CVAE.py runs
-this same code for the conditional VAE.
+nats per image) and the learning rate to TensorBoard in runs/VAE/RUN_NAME/, with a grid
+of samples and one of reconstructions; saves the sample grid to out/RUN_NAME/NNN.png; and
+writes the checkpoint runs/VAE/RUN_NAME/checkpoint.pt that --resume continues from.
+train_CVAE.py trains the conditional VAE with this same loop.
 
 Several processes, on GPUs or CPUs:  torchrun --nproc_per_node=N train.py
 """
 import argparse
-import glob
 import math
 import os
-import sys
-import tempfile
+import shutil
 import time
 from datetime import datetime
 
@@ -22,13 +20,16 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.tensorboard import SummaryWriter
-from torchvision.utils import save_image
+from torch.utils.tensorboard.summary import hparams
+from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
-from mnist import load_mnist
+import utils
+from mnist import BINARIZE, binarize, load_mnist
 from models import MODELS, loss_function, loss_sums, read_checkpoint
+from sample import prior_grid, reconstruction_grid
 
-# The default recipe, chosen by measurement (README, "Choosing the defaults"); train_CVAE.py changes a few.
+# The default recipe, chosen by measurement (runs/recipes/README.md); train_CVAE.py changes a few.
 DEFAULTS = dict(
     epochs=50,
     batch_size=256,
@@ -39,132 +40,80 @@ DEFAULTS = dict(
     lr_gamma=0.5,
     weight_decay=0.0,
     ema=0.0,  # evaluate and sample an exponential moving average of the weights with this decay (0: off)
-    bf16=None,  # bfloat16 matrix products in training (autocast); None: where the hardware has them natively
+    bf16="auto",  # bfloat16 matrix products in training (autocast); auto: where the hardware has them natively
+    binarize="none",  # none: the grey levels, as the original; dynamic: each pixel drawn as Bernoulli(grey) each epoch
     latent_dim=2,
     seed=0,
+    limit=None,  # train on the first N training images only
     device="auto",
     data_dir="data",
-    runs_dir="runs",
     out_dir="out",
+    runs_dir="runs",
     run_name=None,  # default: the date and time
-    limit=None,  # train on the first N training images only
+    resume=False,
+    overwrite=False,
 )
-# Flags that --resume takes from the checkpoint unless given again: everything but these.
-PER_INVOCATION = {"epochs", "device", "data_dir", "runs_dir", "out_dir", "run_name", "resume"}
+# The rule for a run's settings: a flag given on the command line wins; with --resume every other
+# flag is the run's own, as saved in its run.json when it started; a new run takes the defaults.
+NOT_SAVED = ("runs_dir", "run_name", "resume", "overwrite")  # where to find the run, and what to do with it
+FIXED = ("latent_dim", "binarize")  # a resumed run cannot change these (nor the model, nor EMA on or off)
+SAMPLES, RECONSTRUCTIONS = 64, 32  # images in the grids logged each epoch
 
 
-def number(kind, low=0, low_ok=False, high=None):
-    """An argparse type: a number of the given kind above low (or at it if low_ok) and below high."""
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
-        if value < low or (value == low and not low_ok) or (high is not None and value >= high):
-            bounds = f"{'>=' if low_ok else '>'} {low}" + (f" and < {high}" if high is not None else "")
-            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
-        return value
-    return parse
+def command_line(model_name, defaults, argv=None):
+    """The flags given on the command line, as a dict."""
+    p = utils.parser(f"Train the {model_name} on MNIST.", defaults)
+    number = utils.number
+    p.add_argument("--epochs", type=number(int), help="number of epochs to train")
+    p.add_argument("--batch-size", type=number(int), help="images per optimizer step")
+    p.add_argument("--lr", type=number(float), help="peak learning rate of AdamW")
+    p.add_argument("--schedule", choices=["cosine", "constant"], help="learning-rate schedule")
+    p.add_argument("--warmup-epochs", type=number(float, low_ok=True), help="linear learning-rate warm-up, in epochs")
+    p.add_argument("--lr-step-size", type=number(int, low_ok=True), help="the original's StepLR instead of the schedule: decay the lr every N optimizer steps; 0 is off")
+    p.add_argument("--lr-gamma", type=number(float), help="StepLR's decay factor")
+    p.add_argument("--weight-decay", type=number(float, low_ok=True), help="AdamW's decoupled weight decay")
+    p.add_argument("--ema", type=number(float, low_ok=True, high=1), help="decay of the weight average that is evaluated and sampled; 0 is off")
+    p.add_argument("--bf16", action="store_true", help="train with bfloat16 matrix products (autocast); evaluation and samples stay float32; "
+                                                       "auto: on where the hardware multiplies bfloat16 natively (CPUs with AVX512-BF16 or AMX, NVIDIA GPUs from Ampere on)")
+    p.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in float32")
+    p.add_argument("--binarize", choices=BINARIZE, help="none: grey-level pixels; dynamic: each training pixel drawn as Bernoulli(grey level) each epoch, the test set binarised once")
+    p.add_argument("--latent-dim", type=number(int), help="size of the latent space z")
+    p.add_argument("--seed", type=int, help="random seed: the same seed and flags give the same weights on CPU")
+    p.add_argument("--limit", type=number(int), help="train on the first N training images only, for quick tries")
+    utils.add_device_flag(p)
+    utils.add_data_flag(p)
+    p.add_argument("--out-dir", help="sample grids go to OUT_DIR/RUN_NAME/NNN.png, one per epoch")
+    p.add_argument("--runs-dir", help=f"logs, flags and checkpoint go to RUNS_DIR/{model_name}/RUN_NAME/")
+    p.add_argument("--run-name", help="name of the run (default: the date and time)")
+    p.add_argument("--resume", action="store_true", help="continue the run RUNS_DIR/MODEL/RUN_NAME with its own flags; flags given again win")
+    p.add_argument("--overwrite", action="store_true", help="start a new run in a run folder or grid folder that holds something, emptying both first")
+    p.set_defaults(bf16=None)  # None: not given
+    return utils.parse(p, defaults, argv)[1]
 
 
-def parse_args(model_name, defaults, argv=None):
-    """Parse the flags; returns (args, given): given holds only the flags on the command line."""
-    p = argparse.ArgumentParser(description=f"Train the {model_name} on MNIST.", argument_default=argparse.SUPPRESS)
-    p.error = lambda message: sys.exit(f"{p.prog}: error: {message} (see --help)")  # one line, no usage dump
-
-    def add(flag, type=None, help="", **kw):
-        dest = flag[2:].replace("-", "_")
-        p.add_argument(flag, type=type, help=f"{help} (default: {defaults[dest]})", **kw)
-
-    add("--epochs", number(int), "number of epochs to train")
-    add("--batch-size", number(int), "images per optimizer step")
-    add("--lr", number(float), "peak learning rate of AdamW")
-    add("--schedule", str, "learning-rate schedule", choices=["cosine", "constant"])
-    add("--warmup-epochs", number(float, low_ok=True), "linear learning-rate warm-up, in epochs")
-    add("--lr-step-size", number(int, low_ok=True), "the original's StepLR instead of the schedule: decay the lr every N optimizer steps; 0 is off")
-    add("--lr-gamma", number(float), "StepLR's decay factor")
-    add("--weight-decay", number(float, low_ok=True), "AdamW's decoupled weight decay")
-    add("--ema", number(float, low_ok=True, high=1), "decay of the weight average that is evaluated and sampled; 0 is off")
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction,
-                   help="train with bfloat16 matrix products (autocast); evaluation and samples stay float32 "
-                        "(default: on where the hardware multiplies bfloat16 natively: CPUs with AVX512-BF16 or AMX, NVIDIA GPUs from Ampere on)")
-    add("--latent-dim", number(int), "size of the latent space z")
-    add("--seed", int, "random seed: the same seed and flags give the same weights on CPU")
-    add("--device", str, "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
-    add("--data-dir", str, "folder that holds MNIST/raw/")
-    add("--runs-dir", str, f"TensorBoard logs and checkpoints go to RUNS_DIR/{model_name}/RUN_NAME/")
-    add("--out-dir", str, "sample grids go to OUT_DIR/NNN.png, one per epoch")
-    add("--run-name", str, "name of the run")
-    add("--limit", number(int), "train on the first N training images only, for quick tries")
-    p.add_argument("--resume", action="store_true", help=f"continue the run RUNS_DIR/{model_name}/RUN_NAME from its checkpoint")
-    given = vars(p.parse_args(argv))
-    return argparse.Namespace(**{**defaults, "resume": False, **given}), given
+def settings(model_name, defaults, given, saved=None):
+    """The run's flags under the rule above; `saved` is the run's run.json (or an older checkpoint's args) on --resume."""
+    if saved is None:
+        return {**defaults, **given}
+    for flag in FIXED:
+        if flag in given and given[flag] != saved.get(flag, defaults[flag]):
+            raise utils.UserError(f"--resume: --{flag.replace('_', '-')} {given[flag]} differs from the run's {saved.get(flag, defaults[flag])}; "
+                                  f"drop it, or start a new run")
+    if "ema" in given and bool(given["ema"]) != bool(saved.get("ema")):
+        raise utils.UserError(f"--resume: the run was trained {'with' if saved.get('ema') else 'without'} --ema; EMA cannot be turned "
+                              f"{'off' if saved.get('ema') else 'on'} in a run: drop --ema, or start a new run")
+    return {**defaults, **{k: v for k, v in saved.items() if k in defaults and k not in NOT_SAVED}, **given}
 
 
-def pick_device(name):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device {name} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
-    available = {
-        "cpu": True,
-        "cuda": torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count(),
-        "mps": torch.backends.mps.is_available(),
-    }
-    if not available.get(device.type, False):
-        raise ValueError(f"--device {name} is not available on this machine; use --device cpu, or auto to pick what is there")
-    return device
-
-
-def native_bf16(device):
-    """Whether this device multiplies bfloat16 natively; elsewhere bfloat16 is emulated, and slower than float32."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    if device.type == "cpu":
-        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    return False
-
-
-def writable_dir(path, flag):
-    """Make the folder and check that a file can be written in it, before any training."""
-    try:
-        os.makedirs(path, exist_ok=True)
-        tempfile.TemporaryFile(dir=path).close()
-    except OSError as e:
-        raise OSError(f"cannot write to {flag} {path} ({e.strerror}); choose a folder you can write to") from None
-    return path
-
-
-def save_atomic(state, path):
-    """Write to a temporary file, then rename: a kill at any moment leaves the old checkpoint or the new one."""
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def epoch_seed(seed, epoch, rank=0):
-    """Each epoch's data order and noise follow from (seed, epoch): a resumed run repeats them exactly."""
-    return (seed * 100_003 + epoch) * 1_009 + rank
-
-
-def sample_grid(model, noise):
-    """Images decoded from fixed noise: 8 x 8 for the VAE; for the CVAE row r is digit r, columns share noise."""
-    if model.conditional:
-        z = noise[:8].repeat(10, 1)
-        y = torch.arange(10, device=noise.device).repeat_interleave(8)
-    else:
-        z, y = noise, None
-    return model.decode(z, y).view(-1, 1, 28, 28)
+def epoch_seed(seed, epoch, stream):
+    """Each epoch's random numbers follow from (seed, epoch): a resumed run repeats them exactly.
+    Streams: 0 the data order, 1 the binarised pixels, 2 + rank the reparameterisation noise."""
+    return (seed * 100_003 + epoch) * 1_009 + stream
 
 
 def build(model_name, args, steps_per_epoch, device):
     """The model, its optimizer, the learning-rate schedule and the weight average, as args ask."""
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.seed)  # the initial weights
     model = MODELS[model_name](latent_dim=args.latent_dim).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, fused=device.type != "mps")
     total_steps, warmup_steps = args.epochs * steps_per_epoch, args.warmup_epochs * steps_per_epoch
@@ -189,17 +138,17 @@ def batches(images, labels, order, batch_size, rank=0, world=1):
         yield images[index], labels[index]
 
 
-def train_epoch(model, optimizer, scheduler, average, batches, bf16=False, desc="", total=None, show=True):
+def train_epoch(model, optimizer, scheduler, average, batches, bf16=False, generator=None, desc="", total=None, show=True):
     """One pass over `batches`; returns the sums [bce, kld, images] and the last learning rate."""
     model.train()
     sums = None
     bar = tqdm(batches, desc=desc, total=total, leave=False, disable=None if show else True)  # None: only on a terminal
     for step, (x, y) in enumerate(bar):
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
-            recon, mu, logvar = model(x, y)  # the VAE ignores y
-        loss, bce, kld = loss_function(recon, x, mu, logvar)
+            logits, mu, logvar = model(x, y, generator)  # the VAE ignores y
+        loss, bce, kld = loss_function(logits, x, mu, logvar)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"the loss became {loss.item()} at {desc}, step {step + 1}")
+            raise FloatingPointError(f"the loss became {loss.item()} in {desc}, step {step + 1}")
         lr = optimizer.param_groups[0]["lr"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -214,107 +163,157 @@ def train_epoch(model, optimizer, scheduler, average, batches, bf16=False, desc=
     return sums, lr
 
 
-def train(model_name, args, given):
+def open_run(model_name, defaults, given, master):
+    """The run's folder, settings, record and checkpoint (None for a run that starts from epoch 1)."""
+    runs_dir, run_name = given.get("runs_dir", defaults["runs_dir"]), given.get("run_name")
+    if given.get("resume") and given.get("overwrite"):
+        raise utils.UserError("--resume continues a run and --overwrite empties it: pass one of them")
+    if given.get("resume") and not run_name:
+        raise utils.UserError("--resume needs the --run-name of the run to continue")
+    run_name = run_name or datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    run_dir = os.path.join(runs_dir, model_name, run_name)
+    checkpoint_path = os.path.join(run_dir, utils.CHECKPOINT)
+    record = utils.read_run(run_dir) if os.path.isdir(run_dir) else None
+    checkpoint = None
+
+    if given.get("resume"):
+        if os.path.exists(checkpoint_path):
+            checkpoint = read_checkpoint(checkpoint_path)
+        if not record and not checkpoint:
+            raise utils.UserError(f"--resume: {run_dir} holds neither a checkpoint nor the flags of a run; "
+                                  f"check --run-name and --runs-dir, or start a new run without --resume")
+        kind = (record or checkpoint)["model"]
+        if kind != model_name:
+            script = "train.py" if kind == "VAE" else "train_CVAE.py"
+            raise utils.UserError(f"--resume: {run_dir} holds a {kind}, not a {model_name}; resume it with {script}")
+        saved = record["flags"] if record else checkpoint["args"]  # runs from before run.json kept their flags in the checkpoint
+        args = settings(model_name, defaults, given, saved)
+        if checkpoint and "ema" not in given and bool(checkpoint["args"].get("ema")) != bool(args["ema"]):
+            raise utils.UserError(f"--resume: {checkpoint_path} does not match its run.json (EMA); start a new run")
+        if master and not checkpoint:
+            print(f"{run_dir} stopped before its first checkpoint: starting it again from epoch 1 with its own flags")
+    else:
+        args = settings(model_name, defaults, given)
+        grid_dir = os.path.join(args["out_dir"], run_name)
+        for folder, flag in ((run_dir, "--runs-dir"), (grid_dir, "--out-dir")):
+            if os.path.isdir(folder) and os.listdir(folder):
+                if not args["overwrite"]:
+                    raise utils.UserError(f"{folder} already holds a run; pass --resume to continue it, --overwrite to replace it, "
+                                          f"or choose another --run-name")
+                if master:
+                    shutil.rmtree(folder)
+        record = None
+    args = dict(args, runs_dir=runs_dir, run_name=run_name)
+    record = {"model": model_name, "started": record["started"] if record else time.time(),
+              "flags": {k: v for k, v in args.items() if k not in NOT_SAVED}}
+    return run_dir, args, record, checkpoint
+
+
+def train(model_name, defaults, given):
     # processes: torchrun sets RANK and WORLD_SIZE; plain `python train.py` is one process
     world = int(os.environ.get("WORLD_SIZE", 1))
     rank = int(os.environ.get("RANK", 0))
-    device = pick_device(args.device)
+    master = rank == 0  # only this process writes logs, grids and checkpoints
+    run_dir, flags, record, checkpoint = open_run(model_name, defaults, given, master)
+    args = argparse.Namespace(**flags)
+    device = utils.pick_device(args.device)
     if world > 1:
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    master = rank == 0  # only this process writes logs, grids and checkpoints
-    if args.bf16 is None:
-        args.bf16 = native_bf16(device)
+    try:
+        run_training(model_name, args, record, checkpoint, run_dir, device, rank, world)
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
 
-    run_dir = os.path.join(args.runs_dir, model_name, args.run_name)
-    checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
-    checkpoint = None
-    if args.resume and not os.path.exists(checkpoint_path):
-        # a run stopped in its first epoch has its logs but no checkpoint yet: it starts again
-        if not glob.glob(os.path.join(run_dir, "events.out.tfevents.*")):
-            raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint_path}; check --run-name and --runs-dir, or start a new run without --resume")
-        if master:
-            print(f"{run_dir} stopped before its first checkpoint: starting it again from epoch 1")
-    elif args.resume:
-        checkpoint = read_checkpoint(checkpoint_path, device)
-        if checkpoint["model"] != model_name:
-            script = "train.py" if checkpoint["model"] == "VAE" else "train_CVAE.py"
-            raise ValueError(f"--resume: {checkpoint_path} holds a {checkpoint['model']}, not a {model_name}; resume it with {script}")
-        saved = checkpoint["args"]
-        if "latent_dim" in given and given["latent_dim"] != saved["latent_dim"]:
-            raise ValueError(f"--resume: --latent-dim {given['latent_dim']} differs from the checkpoint's {saved['latent_dim']}; drop --latent-dim or start a new run")
-        # the run's own flags, except those given again on this command line
-        args = argparse.Namespace(**{**vars(args), **{k: v for k, v in saved.items() if k not in PER_INVOCATION and k not in given}})
-    elif os.path.exists(checkpoint_path):
-        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --run-name")
+
+def run_training(model_name, args, record, checkpoint, run_dir, device, rank, world):
+    master = rank == 0
+    bf16 = utils.native_bf16(device) if args.bf16 in ("auto", None) else args.bf16  # auto is resolved where the run runs
+    grid_dir = os.path.join(args.out_dir, args.run_name)
+    checkpoint_path = os.path.join(run_dir, utils.CHECKPOINT)
+    dynamic = args.binarize == "dynamic"
     if master:
-        writable_dir(run_dir, "--runs-dir")
-        writable_dir(args.out_dir, "--out-dir")
+        utils.writable_dir(run_dir, "--runs-dir")
+        utils.writable_dir(grid_dir, "--out-dir")
+        utils.write_run(run_dir, record)
 
+    # data: the whole of MNIST as tensors on the device
     train_x, train_y = load_mnist(args.data_dir, train=True)
-    test_x, test_y = load_mnist(args.data_dir, train=False)
+    test_x, test_y = load_mnist(args.data_dir, train=False, binarized=dynamic)
     train_x, train_y = train_x[:args.limit].to(device), train_y[:args.limit].to(device)
     test_x, test_y = test_x.to(device), test_y.to(device)
 
-    # with --batch-size a multiple of the world size, every process takes the same share of each batch
+    # the model; `model` holds the weights being trained, `tested` those that are tested, sampled and saved as
+    # "weights" (the moving average with --ema, else the same network)
     steps_per_epoch = math.ceil(len(train_x) / args.batch_size)
     model, optimizer, scheduler, average = build(model_name, args, steps_per_epoch, device)
-    ddp_model = DistributedDataParallel(model) if world > 1 else model  # averages the gradients over processes
-    eval_model = average.module if average else model  # the weights that are tested, sampled and loaded
-    noise = torch.randn(64, args.latent_dim, generator=torch.Generator().manual_seed(args.seed)).to(device)
+    trained = DistributedDataParallel(model) if world > 1 else model  # averages the gradients over processes
+    tested = average.module if average else model
+    noise = torch.randn(SAMPLES, args.latent_dim, generator=torch.Generator().manual_seed(args.seed)).to(device)
 
     start_epoch = 0
     if checkpoint:
-        model.load_state_dict(checkpoint["train_state"] if average else checkpoint["model_state"])
-        if average:
-            average.load_state_dict(checkpoint["average_state"])
-        optimizer.load_state_dict(checkpoint["optimizer_state"])
-        scheduler.load_state_dict(checkpoint["scheduler_state"])
+        try:
+            model.load_state_dict(checkpoint.get("trained_weights", checkpoint["weights"]))
+            if average:
+                average.load_state_dict(checkpoint["average_state"])
+            optimizer.load_state_dict(checkpoint["optimizer_state"])
+            scheduler.load_state_dict(checkpoint["scheduler_state"])
+        except (RuntimeError, KeyError, ValueError):
+            raise utils.UserError(f"--resume: {checkpoint_path} does not fit the {model_name} of its flags (latent size {args.latent_dim}); "
+                                  f"it is damaged or from other code: start a new run") from None
         scheduler.base_lrs = [args.lr]  # a --lr given again replaces the run's own
         optimizer.param_groups[0]["lr"] = args.lr * scheduler.lr_lambdas[0](scheduler.last_epoch)
         start_epoch = checkpoint["epoch"] + 1
         if start_epoch >= args.epochs:
-            print(f"{run_dir} has trained {start_epoch} epochs already; pass a larger --epochs to train further")
+            if master:
+                print(f"{run_dir} has trained {start_epoch} epochs already; pass a larger --epochs to train further")
             return
-    # purge_step: a reader drops what an interrupted attempt logged from start_epoch on
-    writer = SummaryWriter(run_dir, purge_step=start_epoch) if master else None
+    # purge_step: a reader drops what an interrupted attempt logged from the first epoch this one redoes
+    writer = SummaryWriter(run_dir, purge_step=start_epoch if args.resume else None) if master else None
     if master:
         print(f"{model_name}: {len(train_x)} training images, {sum(p.numel() for p in model.parameters())} parameters, "
-              f"{world} process(es) on {device}; logs in {run_dir}, samples in {args.out_dir}/")
+              f"{world} process(es) on {device}, bfloat16 {bf16}; logs in {run_dir}, samples in {grid_dir}/")
 
-    for epoch in range(start_epoch, args.epochs):
-        t0 = time.time()
-        torch.manual_seed(epoch_seed(args.seed, epoch, rank))  # the reparameterisation noise
-        order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(epoch_seed(args.seed, epoch))).to(device)
-        sums, lr = train_epoch(ddp_model, optimizer, scheduler, average, batches(train_x, train_y, order, args.batch_size, rank, world),
-                               args.bf16, desc=f"epoch {epoch + 1}/{args.epochs}", total=steps_per_epoch, show=master)
-        torch.manual_seed(args.seed + rank)  # evaluate.py repeats this test loss exactly
-        test_sums = loss_sums(eval_model, test_x[rank::world], test_y[rank::world])
-        if world > 1:
-            dist.all_reduce(sums)
-            dist.all_reduce(test_sums)
-        train_bce, train_kld = (sums[:2] / sums[2]).tolist()
-        test_bce, test_kld = (test_sums / len(test_x)).tolist()
-        if not master:
-            continue
-        scalars = {"train/bce": train_bce, "train/kld": train_kld, "train/loss": train_bce + train_kld,
-                   "test/bce": test_bce, "test/kld": test_kld, "test/loss": test_bce + test_kld, "lr": lr}
-        for tag, value in scalars.items():
-            writer.add_scalar(tag, value, epoch)
-        writer.flush()  # before the checkpoint: what a checkpoint covers is always logged
-        with torch.no_grad():
-            save_image(sample_grid(eval_model, noise), os.path.join(args.out_dir, f"{epoch:03d}.png"), nrow=8, padding=2)
-        state = {"model": model_name, "args": vars(args), "epoch": epoch, "model_state": eval_model.state_dict(),
-                 "optimizer_state": optimizer.state_dict(), "scheduler_state": scheduler.state_dict(),
-                 "test_loss": scalars["test/loss"]}
-        if average:
-            state.update(train_state=model.state_dict(), average_state=average.state_dict())
-        save_atomic(state, checkpoint_path)
-        tqdm.write(f"epoch {epoch + 1:3d}/{args.epochs}  train {scalars['train/loss']:7.2f}  test {scalars['test/loss']:7.2f}  "
-                   f"(bce {test_bce:6.2f} kld {test_kld:5.2f})  lr {lr:.2e}  {time.time() - t0:5.1f}s")
-    if writer:
+    epoch = start_epoch
+    try:
+        for epoch in range(start_epoch, args.epochs):
+            t0 = time.time()
+            images = train_x
+            if dynamic:  # the same pixels in every process, and on a resume
+                images = binarize(train_x, torch.Generator(device).manual_seed(epoch_seed(args.seed, epoch, 1)))
+            order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(epoch_seed(args.seed, epoch, 0))).to(device)
+            noise_generator = torch.Generator(device).manual_seed(epoch_seed(args.seed, epoch, 2 + rank))
+            sums, lr = train_epoch(trained, optimizer, scheduler, average, batches(images, train_y, order, args.batch_size, rank, world),
+                                   bf16, noise_generator, desc=f"epoch {epoch + 1}/{args.epochs}", total=steps_per_epoch, show=master)
+            # evaluate.py repeats this test loss with the same generator
+            test_sums = loss_sums(tested, test_x[rank::world], test_y[rank::world], torch.Generator(device).manual_seed(args.seed + rank))
+            if world > 1:
+                dist.all_reduce(sums)
+                dist.all_reduce(test_sums)
+            if master:
+                log_epoch(writer, tested, epoch, sums, test_sums / len(test_x), lr, noise, test_x, test_y, grid_dir)
+                state = {"model": model_name, "args": vars(args), "epoch": epoch, "weights": tested.state_dict(),
+                         "optimizer_state": optimizer.state_dict(), "scheduler_state": scheduler.state_dict(),
+                         "test_loss": test_sums.sum().item() / len(test_x)}
+                if average:
+                    state.update(trained_weights=model.state_dict(), average_state=average.state_dict())
+                utils.save_atomic(state, checkpoint_path)
+                tqdm.write(f"epoch {epoch + 1:3d}/{args.epochs}  train {(sums[0] + sums[1]).item() / sums[2].item():7.2f}  "
+                           f"test {state['test_loss']:7.2f}  lr {lr:.2e}  {time.time() - t0:5.1f}s")
+    except KeyboardInterrupt:
+        kept = f"the checkpoint of epoch {epoch} is kept" if epoch > 0 else "nothing was saved yet"
+        raise utils.UserError(f"interrupted in epoch {epoch + 1}; {kept}: continue with {resume_command(model_name, args)}") from None
+    except FloatingPointError as e:
+        if epoch > start_epoch or checkpoint:
+            raise utils.UserError(f"{e}; training stopped and the checkpoint of epoch {epoch} in {run_dir} is kept: "
+                                  f"continue with {resume_command(model_name, args)} --lr SMALLER") from None
+        raise utils.UserError(f"{e}; training stopped before any checkpoint: start again with a lower --lr and --overwrite") from None
+    if master:
+        log_run(writer, tested, args, test_x, test_y, epoch)
         writer.close()
     if world > 1:  # every process must end with the same weights
         weights = torch.cat([p.detach().flatten() for p in model.parameters()])
@@ -324,22 +323,47 @@ def train(model_name, args, given):
         dist.all_reduce(same, op=dist.ReduceOp.MIN)
         if master:
             print(f"weights identical on all {world} processes: {bool(same.item())}")
-        dist.destroy_process_group()
 
 
-def main(model_name="VAE", **overrides):
-    defaults = {**DEFAULTS, **overrides}
-    args, given = parse_args(model_name, defaults)
-    if args.run_name is None:
-        args.run_name = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    try:
-        train(model_name, args, given)
-    except (OSError, ValueError) as e:
-        sys.exit(f"error: {e}")
-    except FloatingPointError as e:
-        run_dir = os.path.join(args.runs_dir, model_name, args.run_name)
-        sys.exit(f"error: {e}; training stopped, the last good checkpoint in {run_dir} is kept: resume it with a lower --lr")
+def resume_command(model_name, args):
+    script = "train.py" if model_name == "VAE" else "train_CVAE.py"
+    runs_dir = f" --runs-dir {args.runs_dir}" if args.runs_dir != DEFAULTS["runs_dir"] else ""
+    return f"python {script} --run-name {args.run_name}{runs_dir} --resume"
+
+
+@torch.no_grad()
+def log_epoch(writer, model, epoch, sums, test_means, lr, noise, test_x, test_y, grid_dir):
+    """The epoch's scalars and pictures to TensorBoard, and its sample grid to GRID_DIR/NNN.png."""
+    train_bce, train_kld = (sums[:2] / sums[2]).tolist()
+    test_bce, test_kld = test_means.tolist()
+    scalars = {"train/bce": train_bce, "train/kld": train_kld, "train/loss": train_bce + train_kld,
+               "test/bce": test_bce, "test/kld": test_kld, "test/loss": test_bce + test_kld, "lr": lr}
+    for tag, value in scalars.items():
+        writer.add_scalar(tag, value, epoch)
+    samples = prior_grid(model, noise)
+    save_image(samples, os.path.join(grid_dir, f"{epoch:03d}.png"), nrow=8, padding=2)
+    writer.add_image("samples", make_grid(samples, nrow=8, padding=2), epoch)
+    reconstructions = reconstruction_grid(model, test_x[:RECONSTRUCTIONS], test_y[:RECONSTRUCTIONS])
+    writer.add_image("reconstructions", make_grid(reconstructions, nrow=8, padding=2), epoch)
+    writer.flush()  # before the checkpoint: what a checkpoint covers is always logged
+
+
+@torch.no_grad()
+def log_run(writer, model, args, test_x, test_y, epoch):
+    """At the end of a run: the test images' latent means in the Projector, and the flags beside the final test loss in HParams."""
+    mu = torch.cat([model.encode(test_x[i:i + 1000], test_y[i:i + 1000] if model.conditional else None)[0]
+                    for i in range(0, len(test_x), 1000)])
+    writer.add_embedding(mu.cpu(), metadata=test_y.tolist(), label_img=test_x.view(-1, 1, 28, 28).cpu(), global_step=epoch, tag="test_latent_means")
+    flags = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(args).items() if k not in ("resume", "overwrite")}
+    final = writer.file_writer  # into the run's own folder, not a sub-run: TensorBoard lists one run per training run
+    for summary in hparams(flags, {"test/loss": None}):  # the metric's values are read from the run's test/loss scalars
+        final.add_summary(summary)
+
+
+def main(model_name="VAE", defaults=DEFAULTS, argv=None):
+    given = command_line(model_name, defaults, argv)
+    utils.main(lambda: train(model_name, defaults, given))
 
 
 if __name__ == "__main__":
-    main("VAE")
+    main()

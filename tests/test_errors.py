@@ -85,7 +85,7 @@ def snapshot(folder):
 
 
 def test_resume_without_checkpoint(tmp_path):
-    fails_with(run("train.py", "--resume", *train_flags(tmp_path, "never"), check=False), "no checkpoint", "--run-name")
+    fails_with(run("train.py", "--resume", *train_flags(tmp_path, "never"), check=False), "neither a checkpoint nor the flags", "--run-name")
 
 
 @pytest.mark.parametrize("content", [os.urandom(5000), "truncated"])
@@ -112,7 +112,7 @@ def test_resume_with_the_other_models_checkpoint(tmp_path, finished, script, oth
 def test_resume_with_another_latent_size(finished):
     before = snapshot(finished)
     result = run("train.py", "--resume", "--epochs", 2, "--latent-dim", 8, *train_flags(finished, "done"), check=False)
-    fails_with(result, "--latent-dim 8", "checkpoint's 2")
+    fails_with(result, "--latent-dim 8", "the run's 2")
     assert snapshot(finished) == before
 
 
@@ -134,7 +134,7 @@ def test_loss_that_turns_non_finite_stops_and_keeps_the_last_checkpoint(finished
     checkpoint = finished / "runs" / "VAE" / "done" / "checkpoint.pt"
     before = checkpoint.read_bytes()
     result = run("train.py", "--resume", "--epochs", 3, "--lr", 1e12, *train_flags(finished, "done"), check=False)
-    line = fails_with(result, "epoch 2/3, step", "last good checkpoint")
+    line = fails_with(result, "epoch 2/3, step", "checkpoint of epoch 1", "--resume")
     assert "nan" in line or "inf" in line
     assert checkpoint.read_bytes() == before
 
@@ -145,3 +145,51 @@ def test_graph_with_no_runs(tmp_path):
 
 def test_latent_dist_with_no_checkpoint(tmp_path):
     fails_with(run("latent_dist.py", "--runs-dir", tmp_path, check=False), "no checkpoint", "python train.py")
+
+
+def test_loss_that_turns_non_finite_before_any_checkpoint(tmp_path):
+    result = run("train.py", "--epochs", 1, "--limit", 500, "--lr", 1e12, *train_flags(tmp_path, "nan"), check=False)
+    fails_with(result, "before any checkpoint", "--overwrite")
+    assert not (tmp_path / "runs" / "VAE" / "nan" / "checkpoint.pt").exists()
+
+
+def test_a_committed_run_with_logs_only_is_neither_overwritten_nor_resumed(tmp_path):
+    runs = tmp_path / "recipes"
+    shutil.copytree(os.path.join(ROOT, "runs", "recipes", "VAE", "b256-lr5e-3"), runs / "VAE" / "b256-lr5e-3")
+    before = snapshot(runs)
+    flags = ["--runs-dir", runs, "--run-name", "b256-lr5e-3", "--epochs", 1, "--out-dir", tmp_path / "out"]
+    fails_with(run("train.py", *flags, check=False), "already holds a run", "--overwrite")
+    fails_with(run("train.py", *flags, "--resume", check=False), "neither a checkpoint nor the flags")
+    assert snapshot(runs) == before and not (tmp_path / "out").exists()
+
+
+def test_a_grid_folder_in_use_is_refused_and_overwrite_empties_both(tmp_path):
+    grids = tmp_path / "out" / "mine"
+    grids.mkdir(parents=True)
+    (grids / "000.png").write_bytes(b"someone else's grid")
+    flags = ["--epochs", 1, "--limit", 300, *train_flags(tmp_path, "mine")]
+    fails_with(run("train.py", *flags, check=False), str(grids), "--overwrite")
+    assert (grids / "000.png").read_bytes() == b"someone else's grid"
+    (tmp_path / "runs" / "VAE" / "mine").mkdir(parents=True)
+    (tmp_path / "runs" / "VAE" / "mine" / "stale.txt").write_text("old")
+    run("train.py", *flags, "--overwrite")
+    assert os.listdir(grids) == ["000.png"] and (grids / "000.png").read_bytes() != b"someone else's grid"
+    assert not (tmp_path / "runs" / "VAE" / "mine" / "stale.txt").exists()
+
+
+@pytest.mark.parametrize("flag, value, phrase", [("--ema", 0.99, "without --ema"), ("--binarize", "dynamic", "--binarize dynamic")])
+def test_resume_cannot_change_what_a_run_is(finished, flag, value, phrase):
+    before = snapshot(finished)
+    result = run("train.py", "--resume", "--epochs", 2, flag, value, *train_flags(finished, "done"), check=False)
+    fails_with(result, phrase, "start a new run")
+    assert snapshot(finished) == before
+
+
+def test_resume_from_a_checkpoint_whose_weights_do_not_fit(tmp_path, finished):
+    run_dir = tmp_path / "runs" / "VAE" / "misfit"
+    shutil.copytree(finished / "runs" / "VAE" / "done", run_dir)
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    checkpoint["weights"]["decoder.body.0.weight"] = torch.zeros(3, 3)
+    torch.save(checkpoint, run_dir / "checkpoint.pt")
+    result = run("train.py", "--resume", "--epochs", 2, *train_flags(tmp_path, "misfit"), check=False)
+    fails_with(result, "does not fit", "start a new run")

@@ -1,4 +1,7 @@
+"""train.py and train_CVAE.py: what a run writes, exact resume, and a run's folder that nothing overwrites."""
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,16 +17,22 @@ from mnist import load_mnist
 from models import CVAE, VAE, load_checkpoint, loss_sums, read_checkpoint
 
 TAGS = {"train/bce", "train/kld", "train/loss", "test/bce", "test/kld", "test/loss", "lr"}
+CPU = ["--device", "cpu"]  # the tests compare numbers, so they pick their device
+
+
+def events(run_dir):
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    acc.Reload()
+    return acc
 
 
 def scalars(run_dir):
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    acc = events(run_dir)
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
 @pytest.mark.parametrize("model_name, Model, out, height", [("VAE", VAE, "out", 242), ("CVAE", CVAE, "out_CVAE", 302)])
-def test_one_epoch_writes_logs_grid_and_checkpoint(smoke, model_name, Model, out, height):
+def test_one_epoch_writes_logs_pictures_grid_and_checkpoint(smoke, model_name, Model, out, height):
     run_dir = smoke / "runs" / model_name / "smoke"
     logged = scalars(run_dir)
     assert set(logged) == TAGS
@@ -31,19 +40,35 @@ def test_one_epoch_writes_logs_grid_and_checkpoint(smoke, model_name, Model, out
     assert logged["train/loss"][0][1] == pytest.approx(logged["train/bce"][0][1] + logged["train/kld"][0][1], rel=1e-5)
     assert 100 < logged["test/loss"][0][1] < 300  # nats per image, after one epoch on 2,000 images
 
-    assert Image.open(smoke / out / "000.png").size == (242, height)
+    # the grid belongs to its run: OUT_DIR/RUN_NAME/NNN.png
+    assert os.listdir(smoke / out / "smoke") == ["000.png"]
+    assert Image.open(smoke / out / "smoke" / "000.png").size == (242, height)
+    # TensorBoard's pictures: the same sample grid, and 32 test images with their reconstructions in row pairs
+    images = events(run_dir).Images
+    assert (images("samples")[0].width, images("samples")[0].height) == (242, height)
+    assert (images("reconstructions")[0].width, images("reconstructions")[0].height) == (242, 242)
+    # the Projector's embedding: the 10,000 test images' latent means with their labels
+    [step_dir] = [d for d in os.listdir(run_dir) if d.isdigit()]
+    embedding = run_dir / step_dir / "test_latent_means"
+    assert len((embedding / "tensors.tsv").read_text().splitlines()) == 10000
+    assert (embedding / "metadata.tsv").read_text().splitlines()[:3] == ["7", "2", "1"]  # the first test labels
+    assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(events(run_dir).PluginTagToContent("hparams"))
 
     model = load_checkpoint(run_dir / "checkpoint.pt")
     assert isinstance(model, Model) and model.latent_dim == 2
-    # the checkpoint's weights give the test loss that the run logged
+    # the checkpoint's weights give the test loss that the run logged, with the same noise
+    checkpoint = read_checkpoint(run_dir / "checkpoint.pt")
     test_x, test_y = load_mnist(os.path.join(ROOT, "data"), train=False)
-    torch.manual_seed(read_checkpoint(run_dir / "checkpoint.pt")["args"]["seed"])
-    test_loss = loss_sums(model, test_x, test_y).sum().item() / len(test_x)
-    assert test_loss == pytest.approx(logged["test/loss"][0][1], abs=1e-3)
+    generator = torch.Generator().manual_seed(checkpoint["args"]["seed"])
+    test_loss = loss_sums(model, test_x, test_y, generator).sum().item() / len(test_x)
+    assert test_loss == pytest.approx(logged["test/loss"][0][1], abs=1e-4)
+
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["model"] == model_name and record["flags"]["epochs"] == 1 and record["flags"]["bf16"] == "auto"
 
 
-def final_weights(tmp, name, model_name="VAE"):
-    return read_checkpoint(tmp / "runs" / model_name / name / "checkpoint.pt")["model_state"]
+def weights(tmp, name, model_name="VAE"):
+    return read_checkpoint(tmp / "runs" / model_name / name / "checkpoint.pt")["weights"]
 
 
 def assert_same_weights(a, b):
@@ -52,37 +77,80 @@ def assert_same_weights(a, b):
         assert torch.equal(a[key], b[key]), key
 
 
-def test_same_seed_gives_identical_weights_and_resume_is_exact(tmp_path):
-    flags = ["--limit", 1000, "--batch-size", 100, "--seed", 3, "--schedule", "constant"]  # constant: 1 + 1 epochs = 2
+def test_same_seed_gives_identical_weights_and_resume_restores_the_flags(tmp_path):
+    flags = ["--limit", 1000, "--batch-size", 100, "--seed", 3, *CPU]
     run("train.py", "--epochs", 2, *train_flags(tmp_path, "a"), *flags)
     run("train.py", "--epochs", 2, *train_flags(tmp_path, "b"), *flags)
-    run("train.py", "--epochs", 1, *train_flags(tmp_path, "c"), *flags)
-    run("train.py", "--epochs", 2, "--resume", *train_flags(tmp_path, "c"))  # the run's own flags come from its checkpoint
-    assert_same_weights(final_weights(tmp_path, "a"), final_weights(tmp_path, "b"))
-    assert_same_weights(final_weights(tmp_path, "a"), final_weights(tmp_path, "c"))
-    logged = scalars(tmp_path / "runs" / "VAE" / "c")
-    assert [step for step, _ in logged["test/loss"]] == [0, 1]
-    assert sorted(os.listdir(tmp_path / "out")) == ["000.png", "001.png"]
+    assert_same_weights(weights(tmp_path, "a"), weights(tmp_path, "b"))
+    # a run folder with its flags but no checkpoint starts again from epoch 1 with those flags
+    run("train.py", "--epochs", 2, *train_flags(tmp_path, "c", out="other"), *flags)
+    os.remove(tmp_path / "runs" / "VAE" / "c" / "checkpoint.pt")
+    result = run("train.py", "--run-name", "c", "--runs-dir", tmp_path / "runs", "--resume", *CPU)
+    assert "starting it again from epoch 1" in result.stdout
+    assert_same_weights(weights(tmp_path, "a"), weights(tmp_path, "c"))
+    assert sorted(os.listdir(tmp_path / "other" / "c")) == ["000.png", "001.png"]
+    assert all([step for step, _ in values] == [0, 1] for values in scalars(tmp_path / "runs" / "VAE" / "c").values())
 
 
-@pytest.mark.parametrize("script, model_name, kill_in", [("train_CVAE.py", "CVAE", "second epoch"), ("train.py", "VAE", "first epoch")])
-def test_kill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, script, model_name, kill_in):
-    flags = ["--epochs", 3, "--limit", 20000, "--batch-size", 64]
-    run(script, *train_flags(tmp_path, "whole"), *flags)
-    run_dir = tmp_path / "runs" / model_name / "killed"
-    cmd = [sys.executable, os.path.join(ROOT, script), *map(str, train_flags(tmp_path, "killed", out="out2")), *map(str, flags)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    # the first epoch has begun once the logs exist, the second once the first checkpoint does
-    wait_for = "events.out.tfevents.*" if kill_in == "first epoch" else "checkpoint.pt"
+def kill_during_epoch(cmd, run_dir, epoch, sig):
+    """Start cmd, wait until it is training `epoch` (counted from 1), then send it `sig`."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while not list(run_dir.glob(wait_for)) and time.time() < deadline:
-        time.sleep(0.02)
+    checkpoint = run_dir / "checkpoint.pt"
+    while time.time() < deadline:  # epoch 1 has begun once run.json exists, epoch N > 1 once checkpoint N-1 does
+        if epoch == 1 and (run_dir / "run.json").exists():
+            break
+        if epoch > 1 and checkpoint.exists() and read_checkpoint(checkpoint)["epoch"] == epoch - 2:
+            break
+        time.sleep(0.05)
     time.sleep(0.3)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    if (run_dir / "checkpoint.pt").exists():
-        assert read_checkpoint(run_dir / "checkpoint.pt")["epoch"] < 2, "the run finished before it was killed"
-    run(script, "--resume", *train_flags(tmp_path, "killed", out="out2"), *flags)
-    assert_same_weights(final_weights(tmp_path, "whole", model_name), final_weights(tmp_path, "killed", model_name))
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    if checkpoint.exists():
+        assert read_checkpoint(checkpoint)["epoch"] < epoch - 1 + (epoch == 1), "the run got past that epoch before the signal"
+    return proc.returncode, out, err
+
+
+@pytest.mark.parametrize("script, model_name, epoch", [("train.py", "VAE", 2), ("train_CVAE.py", "CVAE", 1)])
+def test_kill_then_resume_with_only_the_name_matches_an_uninterrupted_run(tmp_path, script, model_name, epoch):
+    flags = ["--epochs", 3, "--limit", 30000, "--seed", 7, *CPU]
+    runs = ["--runs-dir", tmp_path / "runs"]
+    run(script, *flags, *runs, "--out-dir", tmp_path / "whole", "--run-name", "whole")
+    cmd = [sys.executable, os.path.join(ROOT, script), *map(str, [*flags, *runs, "--out-dir", tmp_path / "ob", "--run-name", "b"])]
+    run_dir = tmp_path / "runs" / model_name / "b"
+    kill_during_epoch(cmd, run_dir, epoch, signal.SIGKILL)
+    run(script, "--run-name", "b", "--resume", *runs, *CPU)  # --epochs 3, --seed 7, --limit and --out-dir come from run.json
+    assert_same_weights(weights(tmp_path, "whole", model_name), weights(tmp_path, "b", model_name))
+    assert sorted(os.listdir(tmp_path / "ob" / "b")) == ["000.png", "001.png", "002.png"]
+    for name in ("000.png", "001.png", "002.png"):  # each grid is the one the uninterrupted run drew
+        assert (tmp_path / "ob" / "b" / name).read_bytes() == (tmp_path / "whole" / "whole" / name).read_bytes()
     logged = scalars(run_dir)
-    assert all([step for step, _ in values] == [0, 1, 2] for values in logged.values())
+    assert set(logged) == TAGS and all([step for step, _ in values] == [0, 1, 2] for values in logged.values())
+
+
+def test_ctrl_c_exits_with_one_line_and_keeps_the_last_checkpoint(tmp_path):
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"), *map(str, ["--epochs", 3, "--limit", 30000, *CPU, *train_flags(tmp_path, "i")])]
+    run_dir = tmp_path / "runs" / "VAE" / "i"
+    code, out, err = kill_during_epoch(cmd, run_dir, 2, signal.SIGINT)
+    assert code != 0 and "Traceback" not in err
+    [line] = err.strip().splitlines()
+    assert "interrupted in epoch 2" in line and "checkpoint of epoch 1 is kept" in line and "--run-name i" in line and "--resume" in line
+    assert read_checkpoint(run_dir / "checkpoint.pt")["epoch"] == 0
+    assert isinstance(load_checkpoint(run_dir / "checkpoint.pt"), VAE)
+
+
+def test_resume_from_a_checkpoint_written_before_run_json(tmp_path):
+    """The committed runs from before run.json keep their flags in the checkpoint: they still resume."""
+    run_dir = tmp_path / "runs" / "VAE" / "old"
+    run_dir.mkdir(parents=True)
+    checkpoint = torch.load(os.path.join(ROOT, "runs", "VAE", "reference", "checkpoint.pt"), weights_only=True)
+    old = {"model": "VAE", "args": dict(checkpoint["args"], epochs=1, limit=300, bf16=None), "epoch": 0, "test_loss": 0.0}
+    model = VAE()
+    optimizer = torch.optim.AdamW(model.parameters())
+    old.update(model_state=model.state_dict(), optimizer_state=optimizer.state_dict(),
+               scheduler_state=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0).state_dict())
+    torch.save(old, run_dir / "checkpoint.pt")
+    result = run("train.py", "--run-name", "old", "--resume", "--epochs", 2, "--runs-dir", tmp_path / "runs", "--out-dir", tmp_path / "out", *CPU)
+    assert "epoch   2/2" in result.stdout
+    assert read_checkpoint(run_dir / "checkpoint.pt")["epoch"] == 1
+    assert os.listdir(tmp_path / "out" / "old") == ["001.png"]

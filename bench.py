@@ -6,7 +6,8 @@ each batch taken by indexing it) and of the classic torchvision pipeline
 does), with the same model, optimizer, loop and batch size, in this process, one after
 the other, --repeats times each. It prints seconds per epoch, images per second, the
 ratio, and the peak memory of each.
-  --profile  also profiles an epoch (torch.profiler) against forward and backward alone
+  --profile  also profiles an epoch (torch.profiler), and times an epoch against forward
+             and backward alone on the same batches
   --full     also times the whole default recipe of both scripts, start-up included
 """
 import argparse
@@ -21,12 +22,29 @@ import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
+import utils
 from mnist import load_mnist
 from models import loss_function
-from train import DEFAULTS, batches, build, native_bf16, pick_device, train_epoch
+from train import DEFAULTS as TRAIN_DEFAULTS, batches, build, train_epoch
+
+DEFAULTS = dict(
+    model="VAE",
+    batch_size=TRAIN_DEFAULTS["batch_size"],
+    repeats=3,  # epochs timed per pipeline; the median is reported
+    device="auto",
+    data_dir="data",
+    limit=None,  # train on the first N training images only
+    profile=False,
+    full=False,
+)
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def peak_memory_reset(device):
@@ -47,48 +65,50 @@ def peak_memory_mb(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def noise(args, device):
+    """The generator of the reparameterisation noise, as train.py seeds it."""
+    return torch.Generator(device).manual_seed(args.seed)
+
+
 def time_epochs(name, make_batches, model_name, args, device, steps, repeats):
     """Train `repeats` epochs from fresh weights; returns the seconds of each and the peak memory."""
     model, optimizer, scheduler, average = build(model_name, args, steps, device)
+    generator = noise(args, device)
     seconds = []
     peak_memory_reset(device)
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         t0 = time.perf_counter()
-        train_epoch(model, optimizer, scheduler, average, make_batches(), args.bf16, desc=name, total=steps)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        train_epoch(model, optimizer, scheduler, average, make_batches(), args.bf16, generator=generator, desc=name, total=steps)
+        synchronize(device)
         seconds.append(time.perf_counter() - t0)
     return seconds, peak_memory_mb(device)
 
 
 def main():
-    p = argparse.ArgumentParser(description="Time a training epoch of train.py's pipeline against the classic DataLoader pipeline.")
-    p.error = lambda message: sys.exit(f"{p.prog}: error: {message} (see --help)")
-    p.add_argument("--model", default="VAE", choices=["VAE", "CVAE"], help="which model to train (default: VAE)")
-    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help=f"(default: {DEFAULTS['batch_size']})")
-    p.add_argument("--repeats", type=int, default=3, help="epochs timed per pipeline (default: 3)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
-    p.add_argument("--data-dir", default="data", help="folder that holds MNIST/raw/ (default: data)")
-    p.add_argument("--profile", action="store_true", help="profile an epoch and compare it with forward and backward alone")
+    p = utils.parser("Time a training epoch of train.py's pipeline against the classic DataLoader pipeline.", DEFAULTS)
+    p.add_argument("--model", choices=["VAE", "CVAE"], help="which model to train")
+    p.add_argument("--batch-size", type=utils.number(int), help="images per optimizer step")
+    p.add_argument("--repeats", type=utils.number(int), help="epochs timed per pipeline")
+    utils.add_device_flag(p)
+    utils.add_data_flag(p)
+    p.add_argument("--limit", type=utils.number(int), help="train on the first N training images only (default: all 60,000)")
+    p.add_argument("--profile", action="store_true", help="profile an epoch, and time it against forward and backward alone")
     p.add_argument("--full", action="store_true", help="time `python train.py` and `python train_CVAE.py` with their defaults")
-    cli = p.parse_args()
-    try:
-        device = pick_device(cli.device)
-        images, labels = load_mnist(cli.data_dir, train=True)
-    except (OSError, ValueError) as e:
-        sys.exit(f"error: {e}")
-    args = argparse.Namespace(**{**DEFAULTS, "batch_size": cli.batch_size, "bf16": native_bf16(device)})
+    cli, _ = utils.parse(p, DEFAULTS)
+    device = utils.pick_device(cli.device)
+    images, labels = load_mnist(cli.data_dir, train=True)
+    images, labels = images[:cli.limit], labels[:cli.limit]
+    args = argparse.Namespace(**{**TRAIN_DEFAULTS, "batch_size": cli.batch_size, "bf16": utils.native_bf16(device)})
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    print(f"{cli.model}, batch size {cli.batch_size}, bfloat16 {args.bf16}, on {device} ({where}), torch {torch.__version__}")
+    print(f"{cli.model}, {len(images)} images, batch size {cli.batch_size}, bfloat16 {args.bf16}, on {device} ({where}), torch {torch.__version__}")
     steps = -(-len(images) // cli.batch_size)
 
     # train.py's pipeline: the data set is one tensor on the device; a batch is one indexing operation
     images_dev, labels_dev = images.to(device), labels.to(device)
     ours = lambda: batches(images_dev, labels_dev, torch.randperm(len(images), device=device), cli.batch_size)
     # the classic pipeline: a PIL image per sample, ToTensor, and the DataLoader's collation
-    dataset = datasets.MNIST(cli.data_dir, train=True, transform=transforms.ToTensor())
+    dataset = Subset(datasets.MNIST(cli.data_dir, train=True, transform=transforms.ToTensor()), range(len(images)))
     extra = {"num_workers": 1, "pin_memory": True} if device.type == "cuda" else {}  # as pytorch/examples/vae
     loader = DataLoader(dataset, batch_size=cli.batch_size, shuffle=True, **extra)
     classic = lambda: ((x.view(len(x), -1).to(device, non_blocking=True), y.to(device, non_blocking=True)) for x, y in loader)
@@ -108,27 +128,35 @@ def main():
 
 
 def profile_epoch(model_name, args, device, images, labels, batch_size, steps):
-    """Where an epoch's time goes, and how close it is to forward and backward alone."""
+    """Where an epoch's time goes, and how close it is to forward and backward alone, on the same batches."""
     model, optimizer, scheduler, average = build(model_name, args, steps, device)
+    order = torch.randperm(len(images), device=device)  # one permutation for all three passes below
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
-        t0 = time.perf_counter()
-        train_epoch(model, optimizer, scheduler, average, batches(images, labels, torch.randperm(len(images), device=device), batch_size), args.bf16)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        epoch = time.perf_counter() - t0
+        train_epoch(model, optimizer, scheduler, average, batches(images, labels, order, batch_size), args.bf16,
+                    generator=noise(args, device))
+        synchronize(device)
     print(prof.key_averages().table(sort_by="self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total", row_limit=12))
-    # the same batches, forward and backward only: no optimizer, no scheduler, no bookkeeping
-    slices = [(images[i:i + batch_size], labels[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+
+    # the two timings, both outside the profiler and after the warm-up above, so that their ratio is fair
     t0 = time.perf_counter()
-    for x, y in slices:
+    train_epoch(model, optimizer, scheduler, average, batches(images, labels, order, batch_size), args.bf16,
+                generator=noise(args, device))
+    synchronize(device)
+    epoch = time.perf_counter() - t0
+    # forward and backward alone: the same batches, taken out beforehand; no optimizer, no scheduler, no bookkeeping
+    same_batches = list(batches(images, labels, order, batch_size))
+    generator = noise(args, device)
+    synchronize(device)
+    t0 = time.perf_counter()
+    for x, y in same_batches:
+        model.zero_grad(set_to_none=True)  # as in training: backward writes fresh gradients
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
-            recon, mu, logvar = model(x, y)
-        loss_function(recon, x, mu, logvar)[0].backward()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+            logits, mu, logvar = model(x, y, generator)
+        loss_function(logits, x, mu, logvar)[0].backward()
+    synchronize(device)
     bare = time.perf_counter() - t0
-    print(f"an epoch under the profiler: {epoch:.2f} s; forward and backward alone: {bare:.2f} s ({bare / epoch:.0%} of the epoch)")
+    print(f"an epoch: {epoch:.2f} s; forward and backward alone, on the same batches: {bare:.2f} s ({bare / epoch:.0%} of the epoch)")
 
 
 def time_full_recipe(device):
@@ -139,7 +167,8 @@ def time_full_recipe(device):
             cmd = [sys.executable, script, "--device", device, "--run-name", "bench", "--runs-dir", os.path.join(tmp, "runs"),
                    "--out-dir", os.path.join(tmp, script)]
             t0 = time.perf_counter()
-            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, cwd=os.path.dirname(os.path.abspath(__file__)))
+            if subprocess.run(cmd, stdout=subprocess.DEVNULL, cwd=os.path.dirname(os.path.abspath(__file__))).returncode:
+                raise utils.UserError(f"python {script} failed (its error is above); --full times the default recipe, so fix that first")
             seconds = time.perf_counter() - t0
             total += seconds
             print(f"python {script} (default recipe): {seconds:.1f} s")
@@ -147,4 +176,4 @@ def time_full_recipe(device):
 
 
 if __name__ == "__main__":
-    main()
+    utils.main(main)

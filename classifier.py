@@ -5,10 +5,8 @@ conditioned on. Run as a script it trains the CNN on the 60,000 training images,
 prints its accuracy on the 10,000 test images and saves the weights to
 data/classifier.pt (about 1 MB, committed with the repo).
 """
-import argparse
 import math
 import os
-import sys
 import time
 
 import torch
@@ -16,18 +14,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import utils
 from mnist import load_mnist
-from models import load_weights
-from train import number, save_atomic
 
 DEFAULTS = dict(
     epochs=3,
     batch_size=128,
     lr=3e-3,  # peak learning rate of Adam, reached after a short warm-up, then cosine decay to zero
     seed=0,
+    device="cpu",  # the committed weights were trained on the CPU
     data_dir="data",
     out="data/classifier.pt",
 )
+RETRAIN = "run python classifier.py to train it again"
 MEAN, STD = 0.1307, 0.3081  # of the MNIST training pixels
 
 
@@ -51,13 +50,20 @@ class Classifier(nn.Module):
 
 
 def load_classifier(path="data/classifier.pt", device="cpu"):
-    """The trained Classifier, in eval mode."""
-    state = load_weights(path, device, "classifier", "run python classifier.py to train it")
+    """The trained Classifier, in eval mode; torch.load with weights_only=True, so that loading runs no code.
+
+    A missing or damaged file raises FileNotFoundError or ValueError with a one-line message (utils.main prints it)."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no classifier at {path}; pass another path, or run python classifier.py --out {path} to train one") from None
+    except Exception as e:
+        raise ValueError(f"{path} is not a readable classifier ({type(e).__name__}); it may be truncated or corrupt: {RETRAIN}") from None
     model = Classifier()
     try:
         model.load_state_dict(state)
-    except (RuntimeError, TypeError, AttributeError):
-        raise ValueError(f"{path} does not hold this Classifier's weights; run python classifier.py to train it again") from None
+    except (RuntimeError, TypeError, AttributeError, KeyError):
+        raise ValueError(f"{path} does not hold this Classifier's weights; {RETRAIN}") from None
     return model.to(device).eval()
 
 
@@ -71,46 +77,46 @@ def accuracy(model, images, labels, batch_size=1000):
 
 
 def main():
-    p = argparse.ArgumentParser(description="Train the MNIST classifier that evaluate.py uses to check CVAE samples.")
-    p.error = lambda message: sys.exit(f"{p.prog}: error: {message} (see --help)")
-    p.add_argument("--epochs", type=number(int), default=DEFAULTS["epochs"], help="epochs to train (default: %(default)s)")
-    p.add_argument("--batch-size", type=number(int), default=DEFAULTS["batch_size"], help="images per step (default: %(default)s)")
-    p.add_argument("--lr", type=number(float), default=DEFAULTS["lr"], help="peak learning rate of Adam (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="random seed (default: %(default)s)")
-    p.add_argument("--data-dir", default=DEFAULTS["data_dir"], help="folder that holds MNIST/raw/ (default: %(default)s)")
-    p.add_argument("--out", default=DEFAULTS["out"], help="where to save the weights (default: %(default)s)")
-    args = p.parse_args()
-    try:
-        train_x, train_y = load_mnist(args.data_dir, train=True)
-        test_x, test_y = load_mnist(args.data_dir, train=False)
-        if os.path.dirname(args.out):
-            os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    p = utils.parser("Train the MNIST classifier that evaluate.py uses to check CVAE samples.", DEFAULTS)
+    p.add_argument("--epochs", type=utils.number(int), help="epochs to train")
+    p.add_argument("--batch-size", type=utils.number(int), help="images per step")
+    p.add_argument("--lr", type=utils.number(float), help="peak learning rate of Adam")
+    p.add_argument("--seed", type=int, help="random seed")
+    utils.add_device_flag(p)
+    utils.add_data_flag(p)
+    p.add_argument("--out", help="where to save the weights")
+    args, _ = utils.parse(p, DEFAULTS)
+    device = utils.pick_device(args.device)
+    utils.writable_dir(os.path.dirname(args.out) or ".", "--out")
+    train_x, train_y = (t.to(device) for t in load_mnist(args.data_dir, train=True))
+    test_x, test_y = (t.to(device) for t in load_mnist(args.data_dir, train=False))
 
-        torch.manual_seed(args.seed)
-        model = Classifier()
-        optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-        steps_per_epoch = math.ceil(len(train_x) / args.batch_size)
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=args.epochs * steps_per_epoch, pct_start=0.1)
-        t0 = time.time()
-        for epoch in range(args.epochs):
-            model.train()
-            order = torch.randperm(len(train_x))
-            bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{args.epochs}", leave=False)
-            for step in bar:
-                index = order[step * args.batch_size:(step + 1) * args.batch_size]
-                loss = F.cross_entropy(model(train_x[index]), train_y[index])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                if step % 50 == 0:
-                    bar.set_postfix(loss=f"{loss.item():.3f}")
-            print(f"epoch {epoch + 1}/{args.epochs}  test accuracy {accuracy(model, test_x, test_y):.2%}  {time.time() - t0:.0f}s")
-        save_atomic(model.state_dict(), args.out)
-        print(f"test accuracy {accuracy(model, test_x, test_y):.2%} on {len(test_x)} images; saved to {args.out}")
-    except (OSError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    torch.manual_seed(args.seed)
+    model = Classifier().to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    steps_per_epoch = math.ceil(len(train_x) / args.batch_size)
+    if args.epochs * steps_per_epoch < 20:  # the one-cycle schedule needs a warm-up of at least two steps
+        raise utils.UserError(f"--epochs {args.epochs} at --batch-size {args.batch_size} is only {args.epochs * steps_per_epoch} steps; "
+                              f"train for 20 or more: lower --batch-size or raise --epochs")
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=args.epochs * steps_per_epoch, pct_start=0.1)
+    t0 = time.time()
+    for epoch in range(args.epochs):
+        model.train()
+        order = torch.randperm(len(train_x)).to(device)
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{args.epochs}", leave=False)
+        for step in bar:
+            index = order[step * args.batch_size:(step + 1) * args.batch_size]
+            loss = F.cross_entropy(model(train_x[index]), train_y[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+        print(f"epoch {epoch + 1}/{args.epochs}  test accuracy {accuracy(model, test_x, test_y):.2%}  {time.time() - t0:.0f}s")
+    utils.save_atomic({k: v.cpu() for k, v in model.state_dict().items()}, args.out)
+    print(f"test accuracy {accuracy(model, test_x, test_y):.2%} on {len(test_x)} images; saved to {args.out}")
 
 
 if __name__ == "__main__":
-    main()
+    utils.main(main)

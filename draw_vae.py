@@ -2,15 +2,16 @@
 
 Matplotlib only; no model or data needed.
 """
-import argparse
 import os
-import sys
 
 import matplotlib
 matplotlib.use("Agg")  # files only, no window
 import matplotlib.pyplot as plt
 from matplotlib.patches import FancyBboxPatch, Polygon
 
+import utils
+
+DEFAULTS = dict(images_dir="images")
 DATA, ENCODER, LATENT, DECODER, LOSS = "#e8e8e8", "#cfe2f3", "#d9ead3", "#fce5cd", "#c0392b"
 
 
@@ -78,16 +79,11 @@ def draw(path):
 
 
 def main():
-    p = argparse.ArgumentParser(description="Draw a diagram of the VAE to IMAGES_DIR/VAE.png.")
-    p.error = lambda message: sys.exit(f"{p.prog}: error: {message} (see --help)")  # one line, no usage dump
-    p.add_argument("--images-dir", default="images", help="where VAE.png goes (default: images)")
-    args = p.parse_args()
-    try:
-        os.makedirs(args.images_dir, exist_ok=True)
-        draw(os.path.join(args.images_dir, "VAE.png"))
-    except OSError as e:
-        sys.exit(f"error: cannot write to --images-dir {args.images_dir} ({e.strerror}); choose a folder you can write to")
+    p = utils.parser("Draw a diagram of the VAE to IMAGES_DIR/VAE.png.", DEFAULTS)
+    p.add_argument("--images-dir", help="where VAE.png goes")
+    args, _ = utils.parse(p, DEFAULTS)
+    draw(os.path.join(utils.writable_dir(args.images_dir, "--images-dir"), "VAE.png"))
 
 
 if __name__ == "__main__":
-    main()
+    utils.main(main)

@@ -3,9 +3,8 @@
 Plots the newest run of each model to images/VAE_loss.png and images/CVAE_loss.png:
 BCE, KLD and their sum (the negative ELBO), train and test, per epoch.
 python graph.py --table  prints one line per run instead: the README's comparison of recipes.
+A run that has logged no epoch yet is left out of the figures, and shows "-" in the table.
 """
-import argparse
-import glob
 import os
 import sys
 
@@ -15,46 +14,26 @@ import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from models import MODELS, newest_run
-from train import writable_dir
+import utils
+from models import MODELS
 
-EVENTS = "events.out.tfevents.*"
+DEFAULTS = dict(
+    runs_dir="runs",
+    run_name=None,  # default: the newest run of each model
+    run=None,  # run folders given by hand
+    images_dir="images",
+    table=False,
+)
 PANELS = [("bce", "BCE (reconstruction)"), ("kld", "KLD (KL to the prior)"), ("loss", "loss = BCE + KLD (negative ELBO)")]
-
-
-def find_runs(args):
-    """(model name, run folder) pairs: the runs named on the command line, else the newest of each model."""
-    if args.run:
-        runs = []
-        for run in map(os.path.normpath, args.run):
-            model = os.path.basename(os.path.dirname(os.path.abspath(run)))
-            if model not in MODELS:
-                raise ValueError(f"--run {run}: the folder above it must be VAE or CVAE, as in runs/VAE/NAME")
-            if not glob.glob(os.path.join(run, EVENTS)):
-                raise FileNotFoundError(f"--run {run}: no TensorBoard event files there; pass a run folder like runs/VAE/NAME")
-            runs.append((model, run))
-        return runs
-    if args.run_name:
-        runs = [(m, os.path.join(args.runs_dir, m, args.run_name)) for m in MODELS]
-        runs = [(m, run) for m, run in runs if glob.glob(os.path.join(run, EVENTS))]
-        if not runs:
-            raise FileNotFoundError(f"no run named {args.run_name} under {args.runs_dir}/VAE/ or {args.runs_dir}/CVAE/; list them with python graph.py --table")
-        return runs
-    if args.table:  # every run of both models
-        runs = [(m, os.path.dirname(p)) for m in MODELS for p in sorted(glob.glob(os.path.join(args.runs_dir, m, "*", EVENTS)))]
-    else:
-        runs = [(m, newest_run(args.runs_dir, m, EVENTS)) for m in MODELS]
-    runs = list(dict.fromkeys((m, run) for m, run in runs if run))  # a resumed run has several event files
-    if not runs:
-        raise FileNotFoundError(f"no runs under {args.runs_dir}/; train one with python train.py")
-    return runs
+CURVES = [f"{split}/{name}" for split in ("train", "test") for name, _ in PANELS]  # the tags a figure plots
 
 
 def read_scalars(run):
     """({tag: (epochs counted from 1, values)}, seconds from the first event to the last scalar, or None)."""
     acc = EventAccumulator(run, size_guidance={"scalars": 0})  # 0: keep every point
-    acc.Reload()
+    acc.Reload()  # reads every event file of the folder: a resumed run has several
     curves = {tag: acc.Scalars(tag) for tag in acc.Tags()["scalars"]}
+    curves = {tag: events for tag, events in curves.items() if events}
     last = max((events[-1].wall_time for events in curves.values()), default=None)
     seconds = last - acc.FirstEventTimestamp() if last is not None else None
     return {tag: ([e.step + 1 for e in events], [e.value for e in events]) for tag, events in curves.items()}, seconds
@@ -65,19 +44,18 @@ def table(runs):
     for model, run in runs:
         curves, seconds = read_scalars(run)
         final = lambda tag: f"{curves[tag][1][-1]:.2f}" if tag in curves else "-"
-        rows.append((model, os.path.basename(run), str(len(curves.get("test/loss", ([], []))[0])), final("test/loss"),
-                     final("test/bce"), final("test/kld"), final("train/loss"), "-" if seconds is None else f"{seconds:.0f}"))
+        epochs = max((curves[tag][0][-1] for tag in CURVES if tag in curves), default=0)
+        rows.append((model, os.path.basename(run), str(epochs), final("test/loss"), final("test/bce"), final("test/kld"),
+                     final("train/loss"), "-" if seconds is None else f"{seconds:.0f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:  # text left-aligned, numbers right-aligned
         print("  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))))
 
 
 def plot(model, runs, images_dir):
+    """One figure of the runs of a model: [(run folder, curves)]."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for k, run in enumerate(runs):
-        curves, _ = read_scalars(run)
-        if "test/loss" not in curves:
-            raise ValueError(f"{run} has logged no epoch yet; wait for its first epoch or pass another --run")
+    for k, (run, curves) in enumerate(runs):
         prefix = f"{os.path.basename(run)} " if len(runs) > 1 else ""
         for ax, (name, title) in zip(axes, PANELS):
             for split, style in (("train", "--"), ("test", "-")):
@@ -88,7 +66,7 @@ def plot(model, runs, images_dir):
             ax.grid(alpha=0.3)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].legend()
-    fig.suptitle(f"{model}: " + ", ".join(runs))
+    fig.suptitle(f"{model}: " + ", ".join(run for run, _ in runs))
     fig.tight_layout()
     path = os.path.join(images_dir, f"{model}_loss.png")
     fig.savefig(path, dpi=100)
@@ -97,27 +75,35 @@ def plot(model, runs, images_dir):
 
 
 def main():
-    p = argparse.ArgumentParser(description="Plot the train and test loss curves of the VAE and CVAE runs, or print a table of runs.")
-    p.error = lambda message: sys.exit(f"{p.prog}: error: {message} (see --help)")  # one line, no usage dump
-    p.add_argument("--runs-dir", default="runs", help="where train.py writes RUNS_DIR/MODEL/RUN_NAME/ (default: runs)")
-    which = p.add_mutually_exclusive_group()
-    which.add_argument("--run-name", help="plot RUNS_DIR/VAE/NAME and RUNS_DIR/CVAE/NAME, whichever exist (default: the newest run of each)")
-    which.add_argument("--run", action="append", metavar="DIR", help="plot this run folder, e.g. runs/VAE/NAME; repeatable")
-    p.add_argument("--images-dir", default="images", help="where MODEL_loss.png goes (default: images)")
+    p = utils.parser("Plot the train and test loss curves of the VAE and CVAE runs, or print a table of runs.", DEFAULTS)
+    utils.add_run_flags(p, what="events")
+    p.add_argument("--images-dir", help="where MODEL_loss.png goes")
     p.add_argument("--table", action="store_true", help="print final losses and training time of every run (or the chosen ones) instead of plotting")
-    args = p.parse_args()
-    try:
-        runs = find_runs(args)
-        if args.table:
-            return table(runs)
-        writable_dir(args.images_dir, "--images-dir")
-        for model in MODELS:
-            chosen = [run for m, run in runs if m == model]
-            if chosen:
-                plot(model, chosen, args.images_dir)
-    except (OSError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    args, _ = utils.parse(p, DEFAULTS)
+
+    if args.table and not (args.run or args.run_name):
+        runs = utils.all_runs(args.runs_dir)
+        if not runs:
+            raise utils.UserError(f"no runs under {args.runs_dir}/VAE/ or {args.runs_dir}/CVAE/; train one with python train.py")
+        return table(runs)
+    runs = utils.choose_runs(args.runs_dir, args.run_name, args.run, need=utils.EVENTS)
+    if args.table:
+        return table(runs)
+
+    # a run that has logged no epoch yet (only just started, say) is left out, with a note
+    logged = [(model, run, read_scalars(run)[0]) for model, run in runs]
+    ready = [(model, run, curves) for model, run, curves in logged if any(tag in curves for tag in CURVES)]
+    waiting = [run for model, run, curves in logged if not any(tag in curves for tag in CURVES)]
+    if not ready:
+        raise utils.UserError(f"{', '.join(waiting)}: no epoch logged yet; wait for the first epoch to end, or pass another --run")
+    utils.writable_dir(args.images_dir, "--images-dir")
+    for run in waiting:
+        print(f"note: {run} has logged no epoch yet; left out of the figures", file=sys.stderr)
+    for model in MODELS:
+        chosen = [(run, curves) for m, run, curves in ready if m == model]
+        if chosen:
+            plot(model, chosen, args.images_dir)
 
 
 if __name__ == "__main__":
-    main()
+    utils.main(main)

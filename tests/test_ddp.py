@@ -14,4 +14,4 @@ def test_two_processes_with_gloo(tmp_path):
     assert "2 process(es)" in result.stdout
     assert "weights identical on all 2 processes: True" in result.stdout  # each process compares its weights with rank 0's
     assert len(glob.glob(str(tmp_path / "runs" / "VAE" / "ddp" / "events.out.tfevents.*"))) == 1
-    assert os.listdir(tmp_path / "out") == ["000.png"]
+    assert os.listdir(tmp_path / "out" / "ddp") == ["000.png"]

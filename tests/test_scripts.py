@@ -32,9 +32,3 @@ def test_evaluate_agrees_with_the_logged_test_loss(smoke):
         assert r["iwae_nll"] < r["test_loss"]  # 20 importance samples bound -log p(x) more tightly than the ELBO
     assert 0 <= figures["CVAE"]["label_agreement"] <= 1
     assert figures["CVAE"]["classifier_test_accuracy"] > 0.99
-
-
-def test_bench_compares_the_two_pipelines():
-    result = run("bench.py", "--repeats", 1, "--device", "cpu")
-    assert "times faster than the classic pipeline" in result.stdout
-    assert "peak memory" in result.stdout

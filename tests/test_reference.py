@@ -1,50 +1,102 @@
-"""The committed reference runs reach the test -ELBO that the README reports."""
+"""The committed runs give the figures that the README reports, at the precision it prints them."""
+import json
 import os
 import re
+import statistics
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from classifier import load_classifier
 from conftest import ROOT
 from mnist import load_mnist
-from models import load_checkpoint, loss_sums, read_checkpoint
+from models import loss_sums
+from utils import load_model
+
+RUNS = [("VAE", "reference"), ("CVAE", "reference"), ("VAE", "binarized"), ("CVAE", "binarized")]
+ROW = re.compile(r"^\| (VAE|CVAE) \| [^|]+ \| `runs/(VAE|CVAE)/(\w+)` \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) ± ([\d.]+) \|", re.MULTILINE)
 
 
-def readme_test_elbo(model_name):
-    """The test -ELBO in the README's results table, row `| MODEL | runs/MODEL/reference | -ELBO | ...`."""
+def readme_rows():
+    """{(model, run): (−ELBO, IWAE, exact, seed mean, seed sd)} from the README's results table."""
     text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
-    match = re.search(rf"^\| {model_name} \| `runs/{model_name}/reference` \| ([\d.]+) \|", text, re.MULTILINE)
-    assert match, f"no results row for runs/{model_name}/reference in README.md"
-    return float(match.group(1))
+    rows = {(m[1], m[2]): tuple(float(v) for v in m.groups()[3:]) for m in ROW.finditer(text)}
+    assert set(rows) == set(RUNS), f"README's results table has rows for {sorted(rows)}"
+    return rows
 
 
-@pytest.mark.parametrize("model_name, bar", [("VAE", 142.5), ("CVAE", 129.5)])
-def test_reference_checkpoint_matches_the_readme(model_name, bar):
-    path = os.path.join(ROOT, "runs", model_name, "reference", "checkpoint.pt")
-    model = load_checkpoint(path)
-    checkpoint = read_checkpoint(path)
+def results():
+    """What `python evaluate.py --run-name NAME --exact --k 5000 --json` printed, committed as runs/NAME.json."""
+    found = {}
+    for name in ("reference", "binarized"):
+        with open(os.path.join(ROOT, "runs", f"{name}.json")) as f:
+            for model, figures in json.load(f).items():
+                found[(model, name)] = figures
+    return found
+
+
+def printed(value, digits):
+    return f"{value:.{digits}f}"
+
+
+@pytest.mark.parametrize("model_name, run_name", RUNS)
+def test_checkpoint_gives_the_readme_elbo(model_name, run_name):
+    model, checkpoint = load_model(os.path.join(ROOT, "runs", model_name, run_name, "checkpoint.pt"))
     assert checkpoint["epoch"] + 1 == (50 if model_name == "VAE" else 20)
-    test_x, test_y = load_mnist(os.path.join(ROOT, "data"), train=False)
-    torch.manual_seed(checkpoint["args"]["seed"])
-    test_elbo = loss_sums(model, test_x, test_y).sum().item() / len(test_x)
-    assert test_elbo == pytest.approx(readme_test_elbo(model_name), abs=0.5)
-    assert test_elbo <= bar
+    assert checkpoint["args"]["binarize"] == ("dynamic" if run_name == "binarized" else "none")
+    test_x, test_y = load_mnist(os.path.join(ROOT, "data"), train=False, binarized=run_name == "binarized")
+    generator = torch.Generator().manual_seed(checkpoint["args"]["seed"])
+    test_elbo = loss_sums(model, test_x, test_y, generator).sum().item() / len(test_x)
+    elbo, *_ = readme_rows()[(model_name, run_name)]
+    assert printed(test_elbo, 2) == printed(elbo, 2)
+    assert printed(checkpoint["test_loss"], 2) == printed(elbo, 2)  # the loss the run logged
+
+
+@pytest.mark.parametrize("model_name, run_name", RUNS)
+def test_readme_bounds_are_evaluates_and_in_order(model_name, run_name):
+    figures = results()[(model_name, run_name)]
+    elbo, iwae, exact, _, _ = readme_rows()[(model_name, run_name)]
+    assert figures["k"] == 5000 and figures["n_images"] == 10000
+    assert printed(figures["test_loss"], 2) == printed(elbo, 2)
+    assert printed(figures["iwae_nll"], 2) == printed(iwae, 2)
+    assert printed(figures["exact_nll"], 2) == printed(exact, 2)
+    assert figures["exact_nll"] <= figures["iwae_nll"] <= figures["test_loss"]  # as the mathematics requires
+
+
+def final_test_loss(run_dir):
+    events = EventAccumulator(run_dir, size_guidance={"scalars": 0})
+    events.Reload()
+    return events.Scalars("test/loss")[-1].value
+
+
+@pytest.mark.parametrize("model_name, run_name", RUNS)
+def test_readme_seed_spread_matches_the_committed_logs(model_name, run_name):
+    runs = [os.path.join(ROOT, "runs", model_name, run_name)]
+    runs += [os.path.join(ROOT, "runs", "recipes", model_name, f"{run_name}-seed{s}") for s in (1, 2)]
+    losses = [final_test_loss(run) for run in runs]
+    *_, mean, sd = readme_rows()[(model_name, run_name)]
+    assert printed(statistics.mean(losses), 2) == printed(mean, 2)
+    assert printed(statistics.stdev(losses), 2) == printed(sd, 2)  # the sample standard deviation
 
 
 def grid_cells(path, rows, columns=8):
     """The 28 x 28 images of a save_image grid (padding 2), as (rows * columns, 784)."""
     image = torch.from_numpy(np.array(Image.open(path).convert("L"))).float() / 255
+    assert image.shape == (2 + 30 * rows, 2 + 30 * columns)
     return torch.stack([image[2 + r * 30:30 + r * 30, 2 + c * 30:30 + c * 30] for r in range(rows) for c in range(columns)]).view(-1, 784)
 
 
-def test_reference_grids_show_the_digits():
+@pytest.mark.parametrize("run_name", ["reference", "binarized"])
+def test_committed_grids_show_the_digits(run_name):
     classifier = load_classifier(os.path.join(ROOT, "data", "classifier.pt"))
     with torch.no_grad():
-        cvae = classifier(grid_cells(os.path.join(ROOT, "out_CVAE", "019.png"), rows=10)).argmax(1)
-        vae = classifier(grid_cells(os.path.join(ROOT, "out", "049.png"), rows=8)).argmax(1)
+        cvae = classifier(grid_cells(os.path.join(ROOT, "out_CVAE", run_name, "019.png"), rows=10)).argmax(1)
+        vae = classifier(grid_cells(os.path.join(ROOT, "out", run_name, "049.png"), rows=8)).argmax(1)
     assert (cvae == torch.arange(10).repeat_interleave(8)).float().mean() >= 0.95  # row r shows digit r
     counts = torch.bincount(vae, minlength=10)
     assert (counts > 0).sum() >= 8 and counts.max() <= 0.3 * len(vae)
+    assert sorted(os.listdir(os.path.join(ROOT, "out", run_name))) == [f"{e:03d}.png" for e in range(50)]
+    assert sorted(os.listdir(os.path.join(ROOT, "out_CVAE", run_name))) == [f"{e:03d}.png" for e in range(20)]

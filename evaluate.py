@@ -1,142 +1,388 @@
-"""Measure trained models on the 10,000 MNIST test images:  python evaluate.py  (--help for the flags)
+"""Measure trained models on the MNIST test images:  python evaluate.py  (--help for the flags)
 
 By default it evaluates the newest run of each of the VAE and the CVAE under runs/.
-For each model it prints, in nats per image:
+For each model it prints, in nats per image (the mean over the images):
   - the test -ELBO with its BCE and KLD parts, with the same noise as train.py's
     logged test/loss, which is printed beside it (they agree for a run trained in
     one process on the same kind of device);
   - the importance-weighted bound on -log p(x) of Burda et al. (IWAE) with --k
     samples per image: never above the -ELBO on average, and tighter as k grows;
+  - with --exact (2-d latents only), -log p(x) itself (for a CVAE -log p(x|y)),
+    integrated numerically over the latent plane, and the gap of each bound to it:
+    the -ELBO's gap is the mean KL(q(z|x) || p(z|x));
   - for a CVAE, the fraction of its samples (--n per digit) that the repo's
     classifier (classifier.py) labels as the digit they were conditioned on.
+A run trained on binarised images (--binarize dynamic) is measured on the binarised test set.
 """
-import argparse
 import json
 import math
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
-from torch.distributions import Normal
 from tqdm import tqdm
 
+import utils
 from classifier import accuracy, load_classifier
 from mnist import load_mnist
-from models import checkpoint_paths, loss_sums, model_from, read_checkpoint
-from train import number, pick_device
+from models import loss_sums
 
 DEFAULTS = dict(
+    utils.RUN_DEFAULTS,
     k=1000,  # importance samples per image for the IWAE bound
     n=1000,  # CVAE samples per digit for the label agreement
-    seed=0,
-    device="cpu",
-    data_dir="data",
-    runs_dir="runs",
+    limit=None,  # evaluate the first LIMIT test images only
+    exact=False,
+    seed=0,  # of the IWAE and sampling noise
+    json=False,
     classifier="data/classifier.pt",
 )
-IMAGES_PER_CHUNK = 100  # the IWAE loop decodes at most this many images x SAMPLES_PER_CHUNK samples at once
-SAMPLES_PER_CHUNK = 100  # (10,000 rows of 784 logits: about 30 MB)
+ROWS = 2 ** 22  # at most this many numbers in a working tensor (16 MB of float32): IWAE and integration chunks
+MAX_RADIUS = 40.0  # exact_nll integrates |z| < 40; the prior puts exp(-800) beyond
+
+
+# --- the bounds ----------------------------------------------------------------------------------
+
+def log_bernoulli(logits, x):
+    """log p(x|z) = sum_i x_i l_i - softplus(l_i): the negative BCE, summed over the pixels."""
+    return (logits * x).sum(-1) - F.softplus(logits).sum(-1)
 
 
 @torch.inference_mode()
-def iwae_nll(model, images, labels, k, desc):
-    """Mean over the images of -log (1/k) sum_i p(x|z_i) p(z_i) / q(z_i|x), z_i ~ q(z|x)."""
-    total = 0.0
-    prior = Normal(0.0, 1.0)
-    for i in tqdm(range(0, len(images), IMAGES_PER_CHUNK), desc=desc, leave=False):
-        x = images[i:i + IMAGES_PER_CHUNK]
-        y = labels[i:i + IMAGES_PER_CHUNK] if model.conditional else None
+def iwae_bounds(model, images, labels, k, generator, desc=None):
+    """Per image, (-ELBO, IWAE bound) on -log p(x) from the same k samples z ~ q(z|x).
+
+    With log weights w_j = log p(x|z_j) + log p(z_j) - log q(z_j|x): the mean of -w_j and
+    -log (1/k) sum_j exp(w_j). Images and samples go in chunks of at most ROWS / 784 decodes.
+    desc: the label of a progress bar on stderr (none without it).
+    """
+    per_chunk = max(1, ROWS // 784)
+    images_at_once = max(1, per_chunk // k)
+    elbo, iwae = [], []
+    for i in tqdm(range(0, len(images), images_at_once), desc=desc, leave=False, disable=desc is None):
+        x = images[i:i + images_at_once]
+        y = labels[i:i + images_at_once] if model.conditional else None
         mu, logvar = model.encode(x, y)
-        q = Normal(mu, torch.exp(0.5 * logvar))
-        log_w = []  # (samples, images) chunks of log p(x|z) + log p(z) - log q(z|x)
-        for s in range(0, k, SAMPLES_PER_CHUNK):
-            m = min(SAMPLES_PER_CHUNK, k - s)
-            z = q.sample((m,))  # (m, images, latent_dim)
+        sigma = torch.exp(0.5 * logvar)
+        log_sum = torch.full((len(x),), -math.inf, device=x.device, dtype=torch.float64)
+        total = torch.zeros(len(x), device=x.device, dtype=torch.float64)
+        samples_at_once = max(1, per_chunk // len(x))
+        for s in range(0, k, samples_at_once):
+            m = min(samples_at_once, k - s)
+            eps = torch.randn((m, *mu.shape), generator=generator, device=x.device)
+            z = mu + sigma * eps  # (m, images, latent_dim)
             logits = model.decode_logits(z.flatten(0, 1), None if y is None else y.repeat(m)).view(m, len(x), -1)
-            log_px_z = -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
-            log_w.append(log_px_z + prior.log_prob(z).sum(-1) - q.log_prob(z).sum(-1))
-        log_px = torch.logsumexp(torch.cat(log_w), dim=0) - math.log(k)
-        total -= log_px.sum().item()
-    return total / len(images)
+            # log p(z) - log q(z|x) for diagonal Gaussians; the log(2 pi) terms cancel
+            log_w = log_bernoulli(logits, x) + (0.5 * eps.square() - 0.5 * z.square() + 0.5 * logvar).sum(-1)
+            log_sum = torch.logaddexp(log_sum, torch.logsumexp(log_w.double(), 0))
+            total += log_w.double().sum(0)
+        elbo.append(-total / k)
+        iwae.append(math.log(k) - log_sum)
+    return torch.cat(elbo), torch.cat(iwae)
+
+
+# --- -log p(x) by integration over the latent plane ---------------------------------------------
+
+def log_prior(z):
+    """log N(z; 0, I)."""
+    return -0.5 * z.square().sum(-1) - 0.5 * z.shape[-1] * math.log(2 * math.pi)
+
+
+def midpoints(corners, side, cells):
+    """The cells x cells midpoints of each square (lower-left corner, side): (squares, cells^2, 2)."""
+    offsets = (torch.arange(cells, device=corners.device) + 0.5) * (side / cells)
+    grid = torch.stack(torch.meshgrid(offsets, offsets, indexing="ij"), -1).view(-1, 2)
+    return corners[:, None, :] + grid
+
+
+def log_masses(log_likelihood, z, index, spacing):
+    """log of the midpoint rule over squares for images `index`: z (squares, points, 2) -> (len(index), squares)."""
+    log_joint = log_likelihood(z.view(-1, 2), index).float() + log_prior(z.view(-1, 2))
+    # logsumexp by hand, 3x faster than torch.logsumexp over 16 points: squares more than ~100 nats
+    # below the image's best point of the call underflow to -inf, which is negligible
+    top = log_joint.amax(1, keepdim=True)
+    sums = log_joint.sub_(top).exp_().view(len(index), *z.shape[:2]).sum(-1)
+    return sums.log_() + top + 2 * math.log(spacing)
+
+
+def segment_logsumexp(values, segment, n):
+    """logsumexp of values grouped by segment id, for ids 0..n-1 (-inf where a segment is empty)."""
+    top = torch.full((n,), -math.inf, dtype=values.dtype, device=values.device).scatter_reduce(0, segment, values, "amax")
+    safe = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    sums = torch.zeros_like(top).scatter_add(0, segment, torch.exp(values - safe[segment]))
+    return safe + torch.log(sums)
+
+
+def bounding_box(held, edges):
+    """z1_lo, z1_hi, z2_lo, z2_hi of the marked tiles, per image: held (images, side, side) bool, edges (side + 1,)."""
+    side = held.shape[1]
+    rows, cols = held.any(2), held.any(1)  # which z1 (rows) and z2 (columns) hold marked tiles
+    first = rows.float().argmax(1), cols.float().argmax(1)
+    last = side - 1 - rows.flip(1).float().argmax(1), side - 1 - cols.flip(1).float().argmax(1)
+    return torch.stack([edges[first[0]], edges[last[0] + 1], edges[first[1]], edges[last[1] + 1]], 1)
+
+
+def dilate(mask):
+    """Add each marked tile's 8 neighbours: (images, side, side) bool."""
+    return F.max_pool2d(mask.float(), 3, stride=1, padding=1) > 0
 
 
 @torch.inference_mode()
-def label_agreement(model, classifier, n, device):
+def exact_nll(log_likelihood, n_images, max_log_likelihood=0.0, hints=None, tol=0.01, tile=0.5, cells=4,
+              threshold=30.0, refine=15.0, margin=20.0, max_level=8, device="cpu"):
+    """-log p(x_i) = -log of the integral of p(x_i|z) N(z; 0, I) dz over the plane, for n_images images; z is 2-d.
+
+    log_likelihood(z, index) -> (len(index), len(z)): log p(x_i|z_g) for the images `index` at the points z (G, 2).
+    max_log_likelihood: per image (or one number), an upper bound of log p(x_i|z) over all z (0 for
+    Bernoulli pixels of binary images); it tells how far out an image's posterior mass could be.
+    hints: (n_images, 2), a point per image where its posterior is likely (e.g. the mean of q(z|x)).
+
+    Level 0 cuts the plane into square tiles of side `tile` and integrates each on a cells x cells
+    midpoint grid, in rings outwards from the origin. In 2-d the prior puts mass exp(-r^2/2) beyond
+    radius r, and p(x_i|z) <= exp(max_log_likelihood_i), so beyond r_i with
+    r_i^2 / 2 = max_log_likelihood_i - log(integral so far) + margin an image holds at most
+    exp(-margin) of its p(x): its rings stop there. The tiles holding more than exp(-threshold) of an
+    image's integral (generous: a narrow peak between the coarse points shows weaker), their neighbours
+    and the hint's tile are then refined as a quadtree: each level splits the squares that hold more
+    than exp(-refine) of the integral into four, which halves the spacing there, until the image's
+    integral moves by less than tol nats. Images share the decoded
+    grids: the squares of a level are integrated in blocks, one log_likelihood call per block.
+    Nothing beyond MAX_RADIUS is integrated: an image whose r_i is larger (-log p(x) above ~780 nats plus
+    its max log-likelihood) loses that guarantee.
+    Returns (nll float64 (n_images,), info): info["box"] (n_images, 4) is z1_lo, z1_hi, z2_lo, z2_hi of the
+    tiles that hold the mass, info["level"] the last level, info["radius"] r_i, info["converged"] bools
+    (false where the integral still moved by tol at max_level, or r_i > MAX_RADIUS).
+    """
+    max_ll = torch.as_tensor(max_log_likelihood, dtype=torch.float64, device=device).expand(n_images)
+    far = math.ceil(MAX_RADIUS / tile)
+    a, b = torch.meshgrid(torch.arange(-far, far, device=device), torch.arange(-far, far, device=device), indexing="ij")
+    lattice = torch.stack([a.flatten(), b.flatten()], 1)  # tile (a, b) has its lower-left corner at (a, b) * tile
+    nearest = torch.clamp(torch.maximum(-(lattice + 1), lattice), min=0).float().norm(dim=1) * tile  # of its points, to 0
+    order = torch.argsort(nearest)
+    lattice, nearest = lattice[order], nearest[order]
+
+    # level 0: rings of tiles outwards, each image up to its radius
+    log_p = torch.full((n_images,), -math.inf, dtype=torch.float64, device=device)
+    radius = torch.full((n_images,), MAX_RADIUS, dtype=torch.float64, device=device)
+    done, parts = 0, []
+    while done < len(lattice):
+        index = (radius > nearest[done]).nonzero().flatten()
+        if len(index) == 0:
+            break
+        count = max(1, min(256, ROWS // (len(index) * cells * cells)))
+        tiles = lattice[done:done + count]
+        masses = log_masses(log_likelihood, midpoints(tiles * tile, tile, cells), index, tile / cells)
+        parts.append((done, index, masses))
+        log_p[index] = torch.logaddexp(log_p[index], torch.logsumexp(masses.double(), 1))
+        radius[index] = torch.sqrt(2 * torch.clamp(max_ll[index] - log_p[index] + margin, min=0))
+        done += len(tiles)
+
+    # per image, its tiles as a dense side x side grid, a chunk of images at a time: which tiles to refine
+    k = int(lattice[:done].abs().max()) + 1
+    side = 2 * k
+    column = (lattice[:, 0] + k) * side + (lattice[:, 1] + k)
+    edges = torch.arange(-k, k + 1, device=device) * tile
+    frozen = torch.empty(n_images, dtype=torch.float64, device=device)  # log mass of the squares not refined further
+    box = torch.empty(n_images, 4, device=device)
+    pairs = []
+    chunk = max(1, ROWS // (side * side))
+    for c in range(0, n_images, chunk):
+        ids = torch.arange(c, min(c + chunk, n_images), device=device)
+        tile_mass = torch.full((len(ids), side * side), -math.inf, device=device)
+        reached = torch.zeros((len(ids), side * side), dtype=torch.bool, device=device)  # not reached: beyond the radius
+        for start, index, masses in parts:
+            rows = (index >= c) & (index < c + len(ids))
+            cols = column[start:start + masses.shape[1]]
+            tile_mass[(index[rows] - c)[:, None], cols] = masses[rows]
+            reached[(index[rows] - c)[:, None], cols] = True
+        held = tile_mass >= (log_p[ids] - threshold).float()[:, None]
+        active = held.clone()
+        if hints is not None:
+            ab = torch.floor(hints[ids].to(device) / tile).long().clamp(-k, k - 1) + k
+            active[torch.arange(len(ids), device=device), ab[:, 0] * side + ab[:, 1]] = True
+        active = dilate(active.view(-1, side, side)).view(len(ids), -1) & reached
+        frozen[ids] = torch.logsumexp(torch.where(active, -math.inf, tile_mass), 1).double()
+        box[ids] = bounding_box(held.view(-1, side, side), edges)
+        image, t = active.nonzero(as_tuple=True)
+        pairs.append((image + c, t))
+    del parts
+    image, t = torch.cat([i for i, _ in pairs]), torch.cat([t for _, t in pairs])  # the squares to refine: a row per (image, square)
+    square = torch.stack([t // side - k, t % side - k], 1)  # lower-left corner, in units of the level's side
+
+    level = torch.zeros(n_images, dtype=torch.long, device=device)
+    converged = torch.zeros(n_images, dtype=torch.bool, device=device)
+    for lvl in range(1, max_level + 1):
+        if len(image) == 0:
+            break
+        size = tile / 2 ** lvl
+        image = image.repeat_interleave(4)
+        square = (2 * square[:, None, :] + torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1]], device=device)).view(-1, 2)
+        # blocks of at most 4 x 4 squares share one log_likelihood call: the images of a block times its squares' points
+        up = min(lvl, 2)
+        block = square >> up  # floor division by 2^up, also for negative corners
+        key = (block[:, 0] + (far << lvl)) * (4 * far << lvl) + block[:, 1] + (far << lvl)
+        order = torch.argsort(key)
+        image, square, key = image[order], square[order], key[order]
+        mass = torch.empty(len(image), device=device)
+        start = 0
+        for count in torch.unique_consecutive(key, return_counts=True)[1].tolist():
+            rows = slice(start, start + count)
+            index, which_image = torch.unique(image[rows], return_inverse=True)
+            squares, which_square = torch.unique(square[rows], dim=0, return_inverse=True)
+            all_masses = log_masses(log_likelihood, midpoints(squares * size, size, cells), index, size / cells)
+            mass[rows] = all_masses[which_image, which_square]
+            start += count
+        todo = torch.unique(image)
+        new = torch.logaddexp(frozen, segment_logsumexp(mass.double(), image, n_images))
+        moved = torch.zeros(n_images, dtype=torch.float64, device=device)
+        moved[todo] = (new[todo] - log_p[todo]).abs()
+        log_p[todo], level[todo] = new[todo], lvl
+        converged[todo] = moved[todo] < tol
+        # go on with the squares that hold mass, of the images that moved; freeze the others
+        keep = (moved[image] >= tol) & (mass >= (log_p[image] - refine).float())
+        rest = ~keep & (moved[image] >= tol)
+        frozen = torch.logaddexp(frozen, segment_logsumexp(mass[rest].double(), image[rest], n_images))
+        image, square = image[keep], square[keep]
+
+    return -log_p, dict(box=box, level=level, radius=radius, converged=converged & (radius <= MAX_RADIUS))
+
+
+def model_log_likelihood(model, images, labels):
+    """log_likelihood(z, index) for exact_nll: log p(x_i|z) of a model's Bernoulli decoder (CVAE: given y_i).
+
+    It is linear in x, so all images at all points are one matmul, X (M, 784) @ L^T (784, G)
+    minus the row sums of softplus(L), with L the logits at the G points (decoded once per digit for a CVAE).
+    """
+    def log_likelihood(z, index):
+        x = images[index]
+        if not model.conditional:
+            logits = model.decode_logits(z).float()
+            return x @ logits.T - F.softplus(logits).sum(1)
+        y = labels[index]
+        out = torch.empty(len(index), len(z), device=z.device)
+        for digit in y.unique().tolist():
+            rows = y == digit
+            logits = model.decode_logits(z, torch.full((len(z),), digit, device=z.device)).float()
+            out[rows] = x[rows] @ logits.T - F.softplus(logits).sum(1)
+        return out
+    return log_likelihood
+
+
+def max_log_bernoulli(images):
+    """Per image, the largest log p(x|z) any decoder can give: sum_i x_i log x_i + (1-x_i) log(1-x_i); 0 for binary x."""
+    return (torch.special.xlogy(images, images) + torch.special.xlogy(1 - images, 1 - images)).sum(1).double()
+
+
+@torch.inference_mode()
+def model_exact_nll(model, images, labels, **kw):
+    """exact_nll for a trained 2-d model on these images; q(z|x)'s means are the hints."""
+    hints = torch.cat([model.encode(images[i:i + 5000], labels[i:i + 5000] if model.conditional else None)[0]
+                       for i in range(0, len(images), 5000)])
+    return exact_nll(model_log_likelihood(model, images, labels), len(images), max_log_bernoulli(images),
+                     hints, device=images.device, **kw)
+
+
+# --- the CVAE's samples, checked by the classifier -------------------------------------------------
+
+@torch.inference_mode()
+def label_agreement(model, classifier, n, generator):
     """Per digit, the fraction of n samples decoded from z ~ N(0, I) with that digit as label that the classifier calls that digit."""
     fractions = []
+    device = generator.device
     for digit in range(10):
-        z = torch.randn(n, model.latent_dim, device=device)
+        z = torch.randn(n, model.latent_dim, generator=generator, device=device)
         y = torch.full((n,), digit, device=device)
         fractions.append((classifier(model.decode(z, y)).argmax(1) == digit).sum().item() / n)
     return fractions
 
 
-def evaluate(args):
-    device = pick_device(args.device)
-    paths = checkpoint_paths(args.runs_dir, args.run_name, args.checkpoint)
-    checkpoints = [(path, read_checkpoint(path, device)) for path in paths]
-    loaded = [(path, checkpoint, model_from(checkpoint, device)) for path, checkpoint in checkpoints]
-    test_x, test_y = load_mnist(args.data_dir, train=False)
-    test_x, test_y = test_x.to(device), test_y.to(device)
-    classifier = None
-    if any(model.conditional for _, _, model in loaded):  # before any long computation: fail early if it is missing
-        classifier = load_classifier(args.classifier, device)
-        classifier_accuracy = accuracy(classifier, test_x, test_y)
+# --- the script --------------------------------------------------------------------------------
 
-    results = {}
-    for path, checkpoint, model in loaded:
-        name = checkpoint["model"]
-        t0 = time.time()
-        torch.manual_seed(checkpoint["args"]["seed"])  # as train.py does before its test loss
-        bce, kld = (loss_sums(model, test_x, test_y) / len(test_x)).tolist()
-        torch.manual_seed(args.seed)
-        result = {"checkpoint": path, "epochs": checkpoint["epoch"] + 1, "test_loss": bce + kld, "test_bce": bce, "test_kld": kld,
-                  "logged_test_loss": checkpoint["test_loss"], "iwae_nll": iwae_nll(model, test_x, test_y, args.k, f"{name} IWAE k={args.k}"),
-                  "k": args.k}
-        if model.conditional:
-            per_digit = label_agreement(model, classifier, args.n, device)
-            result.update(label_agreement=sum(per_digit) / 10, label_agreement_per_digit=per_digit, n=args.n,
-                          classifier_test_accuracy=classifier_accuracy)
-        result["seconds"] = time.time() - t0
-        results[name if name not in results else path] = result  # a second checkpoint of the same model goes under its path
-        if not args.json:
-            report(name, result)
-    if args.json:
-        print(json.dumps(results, indent=2))
+def load_test_images(data_dir, binarized, limit, device):
+    images, labels = load_mnist(data_dir, train=False, binarized=binarized)
+    return images[:limit].to(device), labels[:limit].to(device)
+
+
+def evaluate_one(path, model, checkpoint, args, device, classifier):
+    binarized = checkpoint["args"].get("binarize", "none") == "dynamic"
+    x, y = load_test_images(args.data_dir, binarized, args.limit, device)
+    t0 = time.time()
+    generator = torch.Generator(device).manual_seed(checkpoint["args"]["seed"])  # the noise of train.py's test loss
+    bce, kld = (loss_sums(model, x, y, generator) / len(x)).tolist()
+    generator = torch.Generator(device).manual_seed(args.seed)
+    _, iwae = iwae_bounds(model, x, y, args.k, generator, f"{checkpoint['model']} IWAE k={args.k}")
+    r = {"checkpoint": path, "epochs": checkpoint["epoch"] + 1, "binarized": binarized, "n_images": len(x),
+         "test_loss": bce + kld, "test_bce": bce, "test_kld": kld, "logged_test_loss": checkpoint["test_loss"],
+         "iwae_nll": iwae.mean().item(), "k": args.k}
+    if args.exact:
+        t1 = time.time()
+        nll, info = model_exact_nll(model, x, y)
+        r.update(exact_nll=nll.mean().item(), elbo_gap=r["test_loss"] - nll.mean().item(),
+                 iwae_gap=r["iwae_nll"] - nll.mean().item(), exact_seconds=time.time() - t1,
+                 exact_unconverged=int((~info["converged"]).sum()), exact_max_radius=info["radius"].max().item())
+    if model.conditional:
+        per_digit = label_agreement(model, classifier, args.n, generator)
+        r.update(label_agreement=sum(per_digit) / 10, label_agreement_per_digit=per_digit, n=args.n,
+                 classifier_test_accuracy=accuracy(classifier, x, y))
+    r["seconds"] = time.time() - t0
+    return r
 
 
 def report(name, r):
-    print(f"{name}  {r['checkpoint']}  ({r['epochs']} epochs)")
-    print(f"  test -ELBO       {r['test_loss']:8.2f} nats/image  (bce {r['test_bce']:.2f} + kld {r['test_kld']:.2f}); logged {r['logged_test_loss']:.2f}")
-    print(f"  IWAE -log p(x)   {r['iwae_nll']:8.2f} nats/image  (k={r['k']}; an upper bound that tightens as k grows)")
+    images = f"the first {r['n_images']:,} " if r["n_images"] < 10000 else ""
+    print(f"{name}  {r['checkpoint']}  ({r['epochs']} epochs; {images}{'binarised ' if r['binarized'] else ''}test images)")
+    print(f"  {'test -ELBO':17} {r['test_loss']:8.2f} nats/image  (bce {r['test_bce']:.2f} + kld {r['test_kld']:.2f}); "
+          f"logged {r['logged_test_loss']:.2f} (on all 10,000)")
+    print(f"  {'IWAE bound':17} {r['iwae_nll']:8.2f} nats/image  (k={r['k']}; an upper bound on -log p(x) that tightens as k grows)")
+    if "exact_nll" in r:
+        what = "exact -log p(x|y)" if "label_agreement" in r else "exact -log p(x)"
+        print(f"  {what:17} {r['exact_nll']:8.2f} nats/image  (integrated over the latent plane in {r['exact_seconds']:.0f}s)")
+        print(f"  {'gaps to it':17} -ELBO {r['elbo_gap']:.2f} (the mean KL(q(z|x) || p(z|x))), IWAE {r['iwae_gap']:.2f}")
+        if r["exact_unconverged"]:
+            print(f"  warning: for {r['exact_unconverged']} images the integral did not converge (it still moved by 0.01 nat "
+                  f"at the finest grid, or -log p(x) is too large for |z| < {MAX_RADIUS:.0f})")
     if "label_agreement" in r:
         digits = " ".join(f"{d}:{f:.0%}" for d, f in enumerate(r["label_agreement_per_digit"]))
-        print(f"  label agreement  {r['label_agreement']:8.2%} of {10 * r['n']} samples  ({digits}); "
+        print(f"  {'label agreement':17} {r['label_agreement']:8.2%} of {10 * r['n']} samples  ({digits}); "
               f"the classifier's test accuracy {r['classifier_test_accuracy']:.2%}")
     print(f"  {r['seconds']:.0f}s")
 
 
 def main():
-    p = argparse.ArgumentParser(description="Measure trained VAE and CVAE checkpoints on the MNIST test images.")
-    p.error = lambda message: sys.exit(f"{p.prog}: error: {message} (see --help)")  # one line, no usage dump
-    which = p.add_mutually_exclusive_group()
-    which.add_argument("--run-name", help="evaluate RUNS_DIR/VAE/RUN_NAME and RUNS_DIR/CVAE/RUN_NAME, whichever exist (default: the newest run of each)")
-    which.add_argument("--checkpoint", action="append", metavar="PATH", help="evaluate this checkpoint.pt; repeat for several")
-    p.add_argument("--runs-dir", default=DEFAULTS["runs_dir"], help="folder of the runs (default: %(default)s)")
-    p.add_argument("--k", type=number(int), default=DEFAULTS["k"], help="importance samples per image for the IWAE bound (default: %(default)s)")
-    p.add_argument("--n", type=number(int), default=DEFAULTS["n"], help="CVAE samples per digit classified (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="seed of the IWAE and sampling noise (default: %(default)s)")
-    p.add_argument("--device", default=DEFAULTS["device"], help="cpu, cuda, cuda:N, mps or auto (default: %(default)s)")
-    p.add_argument("--data-dir", default=DEFAULTS["data_dir"], help="folder that holds MNIST/raw/ (default: %(default)s)")
-    p.add_argument("--classifier", default=DEFAULTS["classifier"], help="weights of classifier.py's CNN (default: %(default)s)")
+    p = utils.parser("Measure trained VAE and CVAE checkpoints on the MNIST test images.", DEFAULTS)
+    utils.add_run_flags(p)
+    p.add_argument("--k", type=utils.number(int), help="importance samples per image for the IWAE bound")
+    p.add_argument("--n", type=utils.number(int), help="CVAE samples per digit classified")
+    p.add_argument("--limit", type=utils.number(int), help="use the first LIMIT test images only (default: all 10,000)")
+    p.add_argument("--exact", action="store_true", help="also -log p(x) by integration over the latent plane (2-d latents only)")
+    p.add_argument("--seed", type=int, help="seed of the IWAE and sampling noise")
+    utils.add_device_flag(p)
+    utils.add_data_flag(p)
+    p.add_argument("--classifier", help="weights of classifier.py's CNN")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object, and nothing else, on stdout")
-    args = p.parse_args()
-    try:
-        evaluate(args)
-    except (OSError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    args, _ = utils.parse(p, DEFAULTS)
+
+    device = utils.pick_device(args.device)
+    loaded = [(path, *utils.load_model(path, device)) for _, path in utils.choose_runs(args.runs_dir, args.run_name, args.checkpoint)]
+    if args.exact:
+        for path, model, _ in loaded:
+            if model.latent_dim != 2:
+                raise utils.UserError(f"--exact integrates over a 2-d latent plane; {path} has latent size {model.latent_dim}: "
+                                      f"drop --exact for it")
+    classifier = None
+    if any(model.conditional for _, model, _ in loaded):  # before any long computation: fail early if it is missing
+        classifier = load_classifier(args.classifier, device)
+
+    results = {}
+    for path, model, checkpoint in loaded:
+        name = checkpoint["model"]
+        r = evaluate_one(path, model, checkpoint, args, device, classifier)
+        results[name if name not in results else path] = r  # a second checkpoint of the same model goes under its path
+        if not args.json:
+            report(name, r)
+    if args.json:
+        print(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":
-    main()
+    utils.main(main)

@@ -20,12 +20,8 @@ import utils
 from mnist import load_mnist
 
 DEFAULTS = dict(  # every command
+    utils.RUN_DEFAULTS,  # run_name None: the newest run of the model
     seed=0,
-    device="cpu",
-    data_dir="data",
-    runs_dir="runs",
-    run_name=None,  # None: the newest run of the model
-    checkpoint=None,
     model=None,  # None: the CVAE for restyle and with --digit, else the VAE
     out=None,  # None: images/MODEL_COMMAND.png
 )

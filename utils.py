@@ -21,6 +21,10 @@ EVENTS = "events.out.tfevents.*"
 
 # --- the command line ---------------------------------------------------------------------------
 
+# the defaults of the flags that add_run_flags, add_device_flag and add_data_flag give
+RUN_DEFAULTS = dict(runs_dir="runs", run_name=None, checkpoint=None, device="cpu", data_dir="data")
+
+
 class UserError(Exception):
     """A mistake of the user's: main() prints its message as one line and exits non-zero."""
 
@@ -29,7 +33,7 @@ def parser(description, defaults):
     """An ArgumentParser whose --help shows the value of `defaults` for each flag, and whose errors are one line."""
     class Help(argparse.HelpFormatter):
         def _get_help_string(self, action):
-            if action.dest in defaults and defaults[action.dest] not in (None, False):
+            if action.dest in defaults and defaults[action.dest] is not None and defaults[action.dest] is not False:
                 return f"{action.help} (default: {defaults[action.dest]})"
             return action.help
 

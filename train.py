@@ -91,7 +91,7 @@ def command_line(model_name, defaults, argv=None):
     return utils.parse(p, defaults, argv)[1]
 
 
-def settings(model_name, defaults, given, saved=None):
+def settings(defaults, given, saved=None):
     """The run's flags under the rule above; `saved` is the run's run.json (or an older checkpoint's args) on --resume."""
     if saved is None:
         return {**defaults, **given}
@@ -187,13 +187,11 @@ def open_run(model_name, defaults, given, master):
             script = "train.py" if kind == "VAE" else "train_CVAE.py"
             raise utils.UserError(f"--resume: {run_dir} holds a {kind}, not a {model_name}; resume it with {script}")
         saved = record["flags"] if record else checkpoint["args"]  # runs from before run.json kept their flags in the checkpoint
-        args = settings(model_name, defaults, given, saved)
-        if checkpoint and "ema" not in given and bool(checkpoint["args"].get("ema")) != bool(args["ema"]):
-            raise utils.UserError(f"--resume: {checkpoint_path} does not match its run.json (EMA); start a new run")
+        args = settings(defaults, given, saved)
         if master and not checkpoint:
             print(f"{run_dir} stopped before its first checkpoint: starting it again from epoch 1 with its own flags")
     else:
-        args = settings(model_name, defaults, given)
+        args = settings(defaults, given)
         grid_dir = os.path.join(args["out_dir"], run_name)
         for folder, flag in ((run_dir, "--runs-dir"), (grid_dir, "--out-dir")):
             if os.path.isdir(folder) and os.listdir(folder):

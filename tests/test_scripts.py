@@ -17,7 +17,7 @@ def test_graph_writes_both_loss_figures(smoke, tmp_path):
 
 
 def test_latent_dist_writes_scatter_and_manifold(smoke, tmp_path):
-    run("latent_dist.py", "--runs-dir", smoke / "runs", "--images-dir", tmp_path)
+    run("latent_dist.py", "--runs-dir", smoke / "runs", "--images-dir", tmp_path, "--posterior-images", 20)
     for name in ("VAE_dist.png", "CVAE_dist.png", "VAE_manifold.png"):
         assert Image.open(tmp_path / name).size[0] > 300
 

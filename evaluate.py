@@ -58,7 +58,9 @@ def iwae_bounds(model, images, labels, k, generator, desc=None):
     """
     per_chunk = max(1, ROWS // 784)
     images_at_once = max(1, per_chunk // k)
-    elbo, iwae = [], []
+    # filled in place: a list of small tensors, one per chunk, fragments the heap until it holds gigabytes
+    elbo = torch.empty(len(images), device=images.device, dtype=torch.float64)
+    iwae = torch.empty(len(images), device=images.device, dtype=torch.float64)
     for i in tqdm(range(0, len(images), images_at_once), desc=desc, leave=False, disable=desc is None):
         x = images[i:i + images_at_once]
         y = labels[i:i + images_at_once] if model.conditional else None
@@ -76,9 +78,9 @@ def iwae_bounds(model, images, labels, k, generator, desc=None):
             log_w = log_bernoulli(logits, x) + (0.5 * eps.square() - 0.5 * z.square() + 0.5 * logvar).sum(-1)
             log_sum = torch.logaddexp(log_sum, torch.logsumexp(log_w.double(), 0))
             total += log_w.double().sum(0)
-        elbo.append(-total / k)
-        iwae.append(math.log(k) - log_sum)
-    return torch.cat(elbo), torch.cat(iwae)
+        elbo[i:i + len(x)] = -total / k
+        iwae[i:i + len(x)] = math.log(k) - log_sum
+    return elbo, iwae
 
 
 # --- -log p(x) by integration over the latent plane ---------------------------------------------

@@ -244,11 +244,12 @@ def run_training(model_name, args, record, checkpoint, run_dir, device, rank, wo
     train_x, train_y = train_x[:args.limit].to(device), train_y[:args.limit].to(device)
     test_x, test_y = test_x.to(device), test_y.to(device)
 
-    # the model; `model` holds the weights being trained, `tested` those that are tested, sampled and saved as
-    # "weights" (the moving average with --ema, else the same network)
+    # `model` holds the weights that the optimizer trains, and the training step calls it through `step_model`
+    # (under torchrun DistributedDataParallel, which averages the gradients over the processes); `tested` holds
+    # the weights that are tested, sampled and saved as "weights": the moving average with --ema, else `model`
     steps_per_epoch = math.ceil(len(train_x) / args.batch_size)
     model, optimizer, scheduler, average = build(model_name, args, steps_per_epoch, device)
-    trained = DistributedDataParallel(model) if world > 1 else model  # averages the gradients over processes
+    step_model = DistributedDataParallel(model) if world > 1 else model
     tested = average.module if average else model
     noise = torch.randn(SAMPLES, args.latent_dim, generator=torch.Generator().manual_seed(args.seed)).to(device)
 
@@ -285,7 +286,7 @@ def run_training(model_name, args, record, checkpoint, run_dir, device, rank, wo
                 images = binarize(train_x, torch.Generator(device).manual_seed(epoch_seed(args.seed, epoch, 1)))
             order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(epoch_seed(args.seed, epoch, 0))).to(device)
             noise_generator = torch.Generator(device).manual_seed(epoch_seed(args.seed, epoch, 2 + rank))
-            sums, lr = train_epoch(trained, optimizer, scheduler, average, batches(images, train_y, order, args.batch_size, rank, world),
+            sums, lr = train_epoch(step_model, optimizer, scheduler, average, batches(images, train_y, order, args.batch_size, rank, world),
                                    bf16, noise_generator, desc=f"epoch {epoch + 1}/{args.epochs}", total=steps_per_epoch, show=master)
             # evaluate.py repeats this test loss with the same generator
             test_sums = loss_sums(tested, test_x[rank::world], test_y[rank::world], torch.Generator(device).manual_seed(args.seed + rank))

@@ -24,8 +24,8 @@ def train_flags(tmp, name, *extra, out="out"):
 
 def train_both(tmp, name, limit):
     """One epoch of each model on `limit` images: TMP/runs/VAE/NAME and TMP/runs/CVAE/NAME, grids in TMP/out*."""
-    run("train.py", "--epochs", 1, "--limit", limit, *train_flags(tmp, name))
-    run("train_CVAE.py", "--epochs", 1, "--limit", limit, *train_flags(tmp, name, out="out_CVAE"))
+    run("train.py", "--epochs", 1, "--limit", limit, "--device", "cpu", *train_flags(tmp, name))
+    run("train_CVAE.py", "--epochs", 1, "--limit", limit, "--device", "cpu", *train_flags(tmp, name, out="out_CVAE"))
     return tmp
 
 

@@ -8,7 +8,7 @@ from conftest import ROOT, train_flags
 
 def test_two_processes_with_gloo(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           os.path.join(ROOT, "train.py"), "--epochs", "1", "--limit", "2000", *map(str, train_flags(tmp_path, "ddp"))]
+           os.path.join(ROOT, "train.py"), "--epochs", "1", "--limit", "2000", "--device", "cpu", *map(str, train_flags(tmp_path, "ddp"))]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "2 process(es)" in result.stdout

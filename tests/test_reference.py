@@ -23,7 +23,7 @@ ROW = re.compile(r"^\| (VAE|CVAE) \| [^|]+ \| `runs/(VAE|CVAE)/(\w+)` \| ([\d.]+
 def readme_rows():
     """{(model, run): (−ELBO, IWAE, exact, seed mean, seed sd)} from the README's results table."""
     text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
-    rows = {(m[1], m[2]): tuple(float(v) for v in m.groups()[3:]) for m in ROW.finditer(text)}
+    rows = {(m[1], m[3]): tuple(float(v) for v in m.groups()[3:]) for m in ROW.finditer(text)}
     assert set(rows) == set(RUNS), f"README's results table has rows for {sorted(rows)}"
     return rows
 

@@ -19,7 +19,8 @@ def test_tiny_bench_prints_numbers():
         assert m, out
         seconds, rate, memory, epoch = map(float, m.groups())
         assert seconds > 0 and memory > 0 and seconds == epoch  # one repeat: the median is that epoch
-        assert abs(rate - 2000 / seconds) <= 0.01 * rate + 1  # images/s is of the 2000 images
+        # images/s is of the 2000 images, with the seconds as printed, to 0.005 s
+        assert 2000 / (seconds + 0.005) - 1 <= rate <= 2000 / max(seconds - 0.005, 1e-9) + 1
     assert float(re.search(rf"epoch is {NUMBER} times faster than the classic", out).group(1)) > 0
     m = re.search(rf"an epoch: {NUMBER} s; forward and backward alone, on the same batches: {NUMBER} s \((\d+)% of the epoch\)", out)
     assert m, out

@@ -61,7 +61,9 @@ def iwae_bounds(model, images, labels, k, generator, desc=None):
     # filled in place: a list of small tensors, one per chunk, fragments the heap until it holds gigabytes
     elbo = torch.empty(len(images), device=images.device, dtype=torch.float64)
     iwae = torch.empty(len(images), device=images.device, dtype=torch.float64)
-    for i in tqdm(range(0, len(images), images_at_once), desc=desc, leave=False, disable=desc is None):
+    chunks = tqdm(range(0, len(images), images_at_once), desc=desc, leave=False,
+                  disable=True if desc is None else None)  # None: shown on a terminal only
+    for i in chunks:
         x = images[i:i + images_at_once]
         y = labels[i:i + images_at_once] if model.conditional else None
         mu, logvar = model.encode(x, y)

@@ -25,7 +25,7 @@ from tqdm import tqdm
 import utils
 from classifier import accuracy, load_classifier
 from mnist import load_mnist
-from models import loss_sums
+from models import encode_means, loss_sums
 
 DEFAULTS = dict(
     utils.RUN_DEFAULTS,
@@ -280,10 +280,8 @@ def max_log_bernoulli(images):
 @torch.inference_mode()
 def model_exact_nll(model, images, labels, **kw):
     """exact_nll for a trained 2-d model on these images; q(z|x)'s means are the hints."""
-    hints = torch.cat([model.encode(images[i:i + 5000], labels[i:i + 5000] if model.conditional else None)[0]
-                       for i in range(0, len(images), 5000)])
     return exact_nll(model_log_likelihood(model, images, labels), len(images), max_log_bernoulli(images),
-                     hints, device=images.device, **kw)
+                     encode_means(model, images, labels), device=images.device, **kw)
 
 
 # --- the CVAE's samples, checked by the classifier -------------------------------------------------
@@ -308,7 +306,7 @@ def load_test_images(data_dir, binarized, limit, device):
 
 
 def evaluate_one(path, model, checkpoint, args, device, classifier):
-    binarized = checkpoint["args"].get("binarize", "none") == "dynamic"
+    binarized = utils.binarized(checkpoint["args"].get("binarize"))
     x, y = load_test_images(args.data_dir, binarized, args.limit, device)
     t0 = time.time()
     generator = torch.Generator(device).manual_seed(checkpoint["args"]["seed"])  # the noise of train.py's test loss

@@ -25,6 +25,7 @@ from torchvision.utils import make_grid
 import utils
 from evaluate import iwae_bounds, log_prior, model_exact_nll, model_log_likelihood
 from mnist import binarize, load_mnist
+from models import encode_means
 
 DEFAULTS = dict(
     utils.RUN_DEFAULTS,
@@ -33,13 +34,6 @@ DEFAULTS = dict(
     images_dir="images",
 )
 ELBO_SAMPLES = 100  # per image, for the -ELBO that picks the images of VAE_posterior.png
-
-
-@torch.no_grad()
-def encode_means(model, images, labels, batch_size=5000):
-    mus = [model.encode(images[i:i + batch_size], labels[i:i + batch_size] if model.conditional else None)[0]
-           for i in range(0, len(images), batch_size)]
-    return torch.cat(mus).cpu()
 
 
 def plot_dist(name, path, mu, labels, out, generator):
@@ -178,10 +172,10 @@ def main():
     train_x, train_y = load_mnist(args.data_dir, train=True)
     for path, model, checkpoint in loaded:
         name = checkpoint["model"]
-        binarized = checkpoint["args"].get("binarize", "none") == "dynamic"
+        binarized = utils.binarized(checkpoint["args"].get("binarize"))
         generator = torch.Generator().manual_seed(args.seed)
         images = binarize(train_x, generator) if binarized else train_x
-        mu = encode_means(model, images.to(device), train_y.to(device))
+        mu = encode_means(model, images.to(device), train_y.to(device)).cpu()
         plot_dist(name, path, mu, train_y, os.path.join(args.images_dir, f"{name}_dist.png"), generator)
         if not model.conditional and model.latent_dim == 2:
             plot_manifold(model, path, device, os.path.join(args.images_dir, "VAE_manifold.png"))

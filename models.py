@@ -115,6 +115,12 @@ def loss_sums(model, images, labels, generator=None, batch_size=1000):
     return sums
 
 
+@torch.no_grad()
+def encode_means(model, images, labels, batch_size=5000):
+    """The means of q(z|x) for a data set, (N, latent_dim), a batch at a time (the VAE ignores the labels)."""
+    return torch.cat([model.encode(images[i:i + batch_size], labels[i:i + batch_size])[0] for i in range(0, len(images), batch_size)])
+
+
 def read_checkpoint(path, device="cpu"):
     """The dict a checkpoint.pt holds, checked; torch.load with weights_only=True, so that loading runs no code."""
     try:

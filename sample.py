@@ -211,7 +211,7 @@ def load(args, given, device):
 
 def test_images(args, checkpoint, device):
     """The test images, of the kind the run was trained on (binarised for --binarize dynamic), and their labels."""
-    binarized = checkpoint["args"].get("binarize", "none") == "dynamic"
+    binarized = utils.binarized(checkpoint["args"].get("binarize"))
     images, labels = load_mnist(args.data_dir, train=False, binarized=binarized)
     if args.command == "interpolate" and max(args.between) >= len(images):
         raise utils.UserError(f"--between {max(args.between)} is outside the test set; use indices 0 to {len(images) - 1}")

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 import utils
 from mnist import BINARIZE, binarize, load_mnist
-from models import MODELS, loss_function, loss_sums, read_checkpoint
+from models import MODELS, encode_means, loss_function, loss_sums, read_checkpoint
 from sample import prior_grid, reconstruction_grid
 
 # The default recipe, chosen by measurement (runs/recipes/README.md); train_CVAE.py changes a few.
@@ -232,7 +232,7 @@ def run_training(model_name, args, record, checkpoint, run_dir, device, rank, wo
     bf16 = utils.native_bf16(device) if args.bf16 in ("auto", None) else args.bf16  # auto is resolved where the run runs
     grid_dir = os.path.join(args.out_dir, args.run_name)
     checkpoint_path = os.path.join(run_dir, utils.CHECKPOINT)
-    dynamic = args.binarize == "dynamic"
+    dynamic = utils.binarized(args.binarize)
     if master:
         utils.writable_dir(run_dir, "--runs-dir")
         utils.writable_dir(grid_dir, "--out-dir")
@@ -350,9 +350,7 @@ def log_epoch(writer, model, epoch, sums, test_means, lr, noise, test_x, test_y,
 @torch.no_grad()
 def log_run(writer, model, args, test_x, test_y, epoch):
     """At the end of a run: the test images' latent means in the Projector, and the flags beside the final test loss in HParams."""
-    mu = torch.cat([model.encode(test_x[i:i + 1000], test_y[i:i + 1000] if model.conditional else None)[0]
-                    for i in range(0, len(test_x), 1000)])
-    writer.add_embedding(mu.cpu(), metadata=test_y.tolist(), label_img=test_x.view(-1, 1, 28, 28).cpu(), global_step=epoch, tag="test_latent_means")
+    writer.add_embedding(encode_means(model, test_x, test_y).cpu(), metadata=test_y.tolist(), label_img=test_x.view(-1, 1, 28, 28).cpu(), global_step=epoch, tag="test_latent_means")
     flags = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(args).items() if k not in ("resume", "overwrite")}
     final = writer.file_writer  # into the run's own folder, not a sub-run: TensorBoard lists one run per training run
     for summary in hparams(flags, {"test/loss": None}):  # the metric's values are read from the run's test/loss scalars

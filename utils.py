@@ -147,6 +147,11 @@ def save_atomic(state, path):
     os.replace(tmp, path)
 
 
+def binarized(binarize):
+    """Whether a run's --binarize flag means binarised images (runs from before the flag have None: grey levels)."""
+    return binarize == "dynamic"
+
+
 # --- runs -----------------------------------------------------------------------------------------
 
 def read_run(run_dir):

@@ -28,7 +28,7 @@ from torchvision import datasets, transforms
 import utils
 from mnist import load_mnist
 from models import loss_function
-from train import DEFAULTS as TRAIN_DEFAULTS, batches, build, train_epoch
+from train import DEFAULTS as TRAIN_DEFAULTS, batches, build, learning_rate, train_epoch
 
 DEFAULTS = dict(
     model="VAE",
@@ -72,14 +72,15 @@ def noise(args, device):
 
 def time_epochs(name, make_batches, model_name, args, device, steps, repeats):
     """Train `repeats` epochs from fresh weights; returns the seconds of each and the peak memory."""
-    model, optimizer, scheduler, average = build(model_name, args, steps, device)
+    model, optimizer, average = build(model_name, args, device)
+    lr_at = lambda step: learning_rate(args, 0, step, steps)  # the first epoch's schedule
     generator = noise(args, device)
     seconds = []
     peak_memory_reset(device)
     for _ in range(repeats):
         synchronize(device)
         t0 = time.perf_counter()
-        train_epoch(model, optimizer, scheduler, average, make_batches(), args.bf16, generator=generator, desc=name, total=steps)
+        train_epoch(model, optimizer, lr_at, average, make_batches(), args.bf16, generator=generator, desc=name, total=steps)
         synchronize(device)
         seconds.append(time.perf_counter() - t0)
     return seconds, peak_memory_mb(device)
@@ -129,18 +130,19 @@ def main():
 
 def profile_epoch(model_name, args, device, images, labels, batch_size, steps):
     """Where an epoch's time goes, and how close it is to forward and backward alone, on the same batches."""
-    model, optimizer, scheduler, average = build(model_name, args, steps, device)
+    model, optimizer, average = build(model_name, args, device)
+    lr_at = lambda step: learning_rate(args, 0, step, steps)  # the first epoch's schedule
     order = torch.randperm(len(images), device=device)  # one permutation for all three passes below
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
-        train_epoch(model, optimizer, scheduler, average, batches(images, labels, order, batch_size), args.bf16,
+        train_epoch(model, optimizer, lr_at, average, batches(images, labels, order, batch_size), args.bf16,
                     generator=noise(args, device))
         synchronize(device)
     print(prof.key_averages().table(sort_by="self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total", row_limit=12))
 
     # the two timings, both outside the profiler and after the warm-up above, so that their ratio is fair
     t0 = time.perf_counter()
-    train_epoch(model, optimizer, scheduler, average, batches(images, labels, order, batch_size), args.bf16,
+    train_epoch(model, optimizer, lr_at, average, batches(images, labels, order, batch_size), args.bf16,
                 generator=noise(args, device))
     synchronize(device)
     epoch = time.perf_counter() - t0

@@ -25,7 +25,7 @@ from tqdm import tqdm
 import utils
 from classifier import accuracy, load_classifier
 from mnist import load_mnist
-from models import encode_means, loss_sums
+from models import encode_means, loss_sums, softplus
 
 DEFAULTS = dict(
     utils.RUN_DEFAULTS,
@@ -45,7 +45,7 @@ MAX_RADIUS = 40.0  # exact_nll integrates |z| < 40; the prior puts exp(-800) bey
 
 def log_bernoulli(logits, x):
     """log p(x|z) = sum_i x_i l_i - softplus(l_i): the negative BCE, summed over the pixels."""
-    return (logits * x).sum(-1) - F.softplus(logits).sum(-1)
+    return (logits * x).sum(-1) - softplus(logits).sum(-1)
 
 
 @torch.inference_mode()
@@ -261,13 +261,13 @@ def model_log_likelihood(model, images, labels):
         x = images[index]
         if not model.conditional:
             logits = model.decode_logits(z).float()
-            return x @ logits.T - F.softplus(logits).sum(1)
+            return x @ logits.T - softplus(logits).sum(1)
         y = labels[index]
         out = torch.empty(len(index), len(z), device=z.device)
         for digit in y.unique().tolist():
             rows = y == digit
             logits = model.decode_logits(z, torch.full((len(z),), digit, device=z.device)).float()
-            out[rows] = x[rows] @ logits.T - F.softplus(logits).sum(1)
+            out[rows] = x[rows] @ logits.T - softplus(logits).sum(1)
         return out
     return log_likelihood
 
@@ -311,8 +311,8 @@ def evaluate_one(path, model, checkpoint, args, device, classifier):
     t0 = time.time()
     generator = torch.Generator(device).manual_seed(checkpoint["args"]["seed"])  # the noise of train.py's test loss
     bce, kld = (loss_sums(model, x, y, generator) / len(x)).tolist()
-    generator = torch.Generator(device).manual_seed(args.seed)
-    _, iwae = iwae_bounds(model, x, y, args.k, generator, f"{checkpoint['model']} IWAE k={args.k}")
+    # each measurement draws from its own generator, so that one does not change with another's --k or --limit
+    _, iwae = iwae_bounds(model, x, y, args.k, torch.Generator(device).manual_seed(args.seed), f"{checkpoint['model']} IWAE k={args.k}")
     r = {"checkpoint": path, "epochs": checkpoint["epoch"] + 1, "binarized": binarized, "n_images": len(x),
          "test_loss": bce + kld, "test_bce": bce, "test_kld": kld, "logged_test_loss": checkpoint["test_loss"],
          "iwae_nll": iwae.mean().item(), "k": args.k}
@@ -323,7 +323,7 @@ def evaluate_one(path, model, checkpoint, args, device, classifier):
                  iwae_gap=r["iwae_nll"] - nll.mean().item(), exact_seconds=time.time() - t1,
                  exact_unconverged=int((~info["converged"]).sum()), exact_max_radius=info["radius"].max().item())
     if model.conditional:
-        per_digit = label_agreement(model, classifier, args.n, generator)
+        per_digit = label_agreement(model, classifier, args.n, torch.Generator(device).manual_seed(args.seed))
         r.update(label_agreement=sum(per_digit) / 10, label_agreement_per_digit=per_digit, n=args.n,
                  classifier_test_accuracy=accuracy(classifier, x, y))
     r["seconds"] = time.time() - t0

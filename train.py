@@ -12,6 +12,7 @@ import argparse
 import math
 import os
 import shutil
+import subprocess
 import time
 from datetime import datetime
 
@@ -45,6 +46,7 @@ DEFAULTS = dict(
     latent_dim=2,
     seed=0,
     limit=None,  # train on the first N training images only
+    val=0,  # hold out the last N training images as a validation set, logged as val/* (0: train on all 60,000)
     device="auto",
     data_dir="data",
     out_dir="out",
@@ -54,9 +56,11 @@ DEFAULTS = dict(
     overwrite=False,
 )
 # The rule for a run's settings: a flag given on the command line wins; with --resume every other
-# flag is the run's own, as saved in its run.json when it started; a new run takes the defaults.
+# flag is the run's own: those it was started with (run.json's "flags"), as later resumes changed
+# them (run.json's "resumes"); a new run takes the defaults. The learning rate follows from the
+# flags and how far training has got, so --epochs N on a resume re-stretches the schedule to N epochs.
 NOT_SAVED = ("runs_dir", "run_name", "resume", "overwrite")  # where to find the run, and what to do with it
-FIXED = ("latent_dim", "binarize")  # a resumed run cannot change these (nor the model, nor EMA on or off)
+FIXED = ("latent_dim", "binarize", "val")  # a resumed run cannot change these (nor the model, nor EMA on or off)
 SAMPLES, RECONSTRUCTIONS = 64, 32  # images in the grids logged each epoch
 
 
@@ -80,6 +84,8 @@ def command_line(model_name, defaults, argv=None):
     p.add_argument("--latent-dim", type=number(int), help="size of the latent space z")
     p.add_argument("--seed", type=int, help="random seed: the same seed and flags give the same weights on CPU")
     p.add_argument("--limit", type=number(int), help="train on the first N training images only, for quick tries")
+    p.add_argument("--val", type=number(int, low_ok=True, high=60000), help="hold out the last N of the 60,000 training images "
+                                                                            "as a validation set, logged as val/*; 0 is off")
     utils.add_device_flag(p)
     utils.add_data_flag(p)
     p.add_argument("--out-dir", help="sample grids go to OUT_DIR/RUN_NAME/NNN.png, one per epoch")
@@ -111,23 +117,26 @@ def epoch_seed(seed, epoch, stream):
     return (seed * 100_003 + epoch) * 1_009 + stream
 
 
-def build(model_name, args, steps_per_epoch, device):
-    """The model, its optimizer, the learning-rate schedule and the weight average, as args ask."""
+def build(model_name, args, device):
+    """The model, its optimizer and the weight average, as args ask."""
     torch.manual_seed(args.seed)  # the initial weights
     model = MODELS[model_name](latent_dim=args.latent_dim).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, fused=device.type != "mps")
-    total_steps, warmup_steps = args.epochs * steps_per_epoch, args.warmup_epochs * steps_per_epoch
-
-    def lr_factor(step):
-        if args.lr_step_size:  # the original's StepLR, stepped per optimizer step
-            return args.lr_gamma ** (step // args.lr_step_size)
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        return 0.5 * (1 + math.cos(math.pi * step / total_steps)) if args.schedule == "cosine" else 1.0
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema)) if args.ema else None
-    return model, optimizer, scheduler, average
+    return model, optimizer, average
+
+
+def learning_rate(args, epoch, step, steps_per_epoch):
+    """The learning rate of step `step` (from 0) of epoch `epoch` (from 0): a function of how far training
+    has got, so that a resume with another --batch-size, --limit or --epochs continues at the right place."""
+    if args.lr_step_size:  # the original's StepLR: times --lr-gamma every --lr-step-size optimizer steps
+        return args.lr * args.lr_gamma ** ((epoch * steps_per_epoch + step) // args.lr_step_size)
+    done = epoch + step / steps_per_epoch  # epochs done before this step
+    if done < args.warmup_epochs:
+        return args.lr * min(1.0, (done + 1 / steps_per_epoch) / args.warmup_epochs)
+    if args.schedule == "cosine":  # to zero at the end of --epochs
+        return args.lr * 0.5 * (1 + math.cos(math.pi * done / args.epochs))
+    return args.lr
 
 
 def batches(images, labels, order, batch_size, rank=0, world=1):
@@ -138,8 +147,8 @@ def batches(images, labels, order, batch_size, rank=0, world=1):
         yield images[index], labels[index]
 
 
-def train_epoch(model, optimizer, scheduler, average, batches, bf16=False, generator=None, desc="", total=None, show=True):
-    """One pass over `batches`; returns the sums [bce, kld, images] and the last learning rate."""
+def train_epoch(model, optimizer, lr_at, average, batches, bf16=False, generator=None, desc="", total=None, show=True):
+    """One pass over `batches`, step i at learning rate lr_at(i); returns the sums [bce, kld, images] and the last learning rate."""
     model.train()
     sums = None
     bar = tqdm(batches, desc=desc, total=total, leave=False, disable=None if show else True)  # None: only on a terminal
@@ -147,13 +156,17 @@ def train_epoch(model, optimizer, scheduler, average, batches, bf16=False, gener
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
             logits, mu, logvar = model(x, y, generator)  # the VAE ignores y
         loss, bce, kld = loss_function(logits, x, mu, logvar)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"the loss became {loss.item()} in {desc}, step {step + 1}")
-        lr = optimizer.param_groups[0]["lr"]
+        check = loss.detach().clone()
+        if dist.is_initialized():  # a non-finite loss in any process stops every process, with the same message
+            dist.all_reduce(check)
+        if not torch.isfinite(check):
+            raise FloatingPointError(f"the loss became {check.item()} in {desc}, step {step + 1}")
+        lr = lr_at(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        scheduler.step()
         if average:
             average.update_parameters(model)  # under DDP, model.parameters() are the wrapped model's
         batch_sums = torch.stack([bce.detach(), kld.detach(), torch.ones_like(bce)]) * len(x)
@@ -163,8 +176,11 @@ def train_epoch(model, optimizer, scheduler, average, batches, bf16=False, gener
     return sums, lr
 
 
-def open_run(model_name, defaults, given, master):
-    """The run's folder, settings, record and checkpoint (None for a run that starts from epoch 1)."""
+def open_run(model_name, defaults, given):
+    """The run's folder, settings, record and checkpoint (None for a run that starts from epoch 1).
+
+    It only reads: nothing is deleted or written until the run is known to be valid (run_training).
+    """
     runs_dir, run_name = given.get("runs_dir", defaults["runs_dir"]), given.get("run_name")
     if given.get("resume") and given.get("overwrite"):
         raise utils.UserError("--resume continues a run and --overwrite empties it: pass one of them")
@@ -186,33 +202,46 @@ def open_run(model_name, defaults, given, master):
         if kind != model_name:
             script = "train.py" if kind == "VAE" else "train_CVAE.py"
             raise utils.UserError(f"--resume: {run_dir} holds a {kind}, not a {model_name}; resume it with {script}")
-        saved = record["flags"] if record else checkpoint["args"]  # runs from before run.json kept their flags in the checkpoint
+        # runs from before run.json kept their flags in the checkpoint
+        saved = current_flags(record) if record else {k: v for k, v in checkpoint["args"].items() if k in defaults and k not in NOT_SAVED}
         args = settings(defaults, given, saved)
-        if master and not checkpoint:
-            print(f"{run_dir} stopped before its first checkpoint: starting it again from epoch 1 with its own flags")
+        changed = {k: v for k, v in args.items() if k not in NOT_SAVED and saved.get(k, defaults[k]) != v}
+        record = record or {"model": model_name, "started": time.time(), "flags": saved}
+        record = dict(record, resumes=record.get("resumes", []) + [{"at": time.time(), "changed": changed}])
     else:
         args = settings(defaults, given)
         grid_dir = os.path.join(args["out_dir"], run_name)
-        for folder, flag in ((run_dir, "--runs-dir"), (grid_dir, "--out-dir")):
-            if os.path.isdir(folder) and os.listdir(folder):
-                if not args["overwrite"]:
-                    raise utils.UserError(f"{folder} already holds a run; pass --resume to continue it, --overwrite to replace it, "
-                                          f"or choose another --run-name")
-                if master:
-                    shutil.rmtree(folder)
-        record = None
-    args = dict(args, runs_dir=runs_dir, run_name=run_name)
-    record = {"model": model_name, "started": record["started"] if record else time.time(),
-              "flags": {k: v for k, v in args.items() if k not in NOT_SAVED}}
-    return run_dir, args, record, checkpoint
+        for folder in (run_dir, grid_dir):
+            if os.path.isdir(folder) and os.listdir(folder) and not args["overwrite"]:
+                raise utils.UserError(f"{folder} already holds a run; pass --resume to continue it, --overwrite to replace it, "
+                                      f"or choose another --run-name")
+        record = {"model": model_name, "started": time.time(), "flags": {k: v for k, v in args.items() if k not in NOT_SAVED}}
+    return run_dir, dict(args, runs_dir=runs_dir, run_name=run_name), record, checkpoint
+
+
+def current_flags(record):
+    """A run's flags now: those it was started with, as each resume changed them."""
+    flags = dict(record["flags"])
+    for resume in record.get("resumes", []):
+        flags.update(resume["changed"])
+    return flags
+
+
+def what_ran(device, bf16):
+    """What actually ran, beside the flags that asked for it (--device auto, --bf16 auto)."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(os.path.abspath(__file__)),
+                                capture_output=True, text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"device": str(device), "bf16": bf16, "torch": torch.__version__, "git_commit": commit}
 
 
 def train(model_name, defaults, given):
     # processes: torchrun sets RANK and WORLD_SIZE; plain `python train.py` is one process
     world = int(os.environ.get("WORLD_SIZE", 1))
     rank = int(os.environ.get("RANK", 0))
-    master = rank == 0  # only this process writes logs, grids and checkpoints
-    run_dir, flags, record, checkpoint = open_run(model_name, defaults, given, master)
+    run_dir, flags, record, checkpoint = open_run(model_name, defaults, given)
     args = argparse.Namespace(**flags)
     device = utils.pick_device(args.device)
     if world > 1:
@@ -228,27 +257,26 @@ def train(model_name, defaults, given):
 
 
 def run_training(model_name, args, record, checkpoint, run_dir, device, rank, world):
-    master = rank == 0
+    master = rank == 0  # only this process writes logs, grids and checkpoints
     bf16 = utils.native_bf16(device) if args.bf16 in ("auto", None) else args.bf16  # auto is resolved where the run runs
     grid_dir = os.path.join(args.out_dir, args.run_name)
     checkpoint_path = os.path.join(run_dir, utils.CHECKPOINT)
     dynamic = utils.binarized(args.binarize)
-    if master:
-        utils.writable_dir(run_dir, "--runs-dir")
-        utils.writable_dir(grid_dir, "--out-dir")
-        utils.write_run(run_dir, record)
 
-    # data: the whole of MNIST as tensors on the device
+    # data: the whole of MNIST as tensors on the device; --val holds out the last training images
     train_x, train_y = load_mnist(args.data_dir, train=True)
     test_x, test_y = load_mnist(args.data_dir, train=False, binarized=dynamic)
-    train_x, train_y = train_x[:args.limit].to(device), train_y[:args.limit].to(device)
-    test_x, test_y = test_x.to(device), test_y.to(device)
+    val_x, val_y = train_x[len(train_x) - args.val:], train_y[len(train_x) - args.val:]
+    if dynamic:  # drawn once, as the test images are
+        val_x = binarize(val_x, torch.Generator().manual_seed(0))
+    train_x, train_y = train_x[:len(train_x) - args.val][:args.limit].to(device), train_y[:len(train_y) - args.val][:args.limit].to(device)
+    test_x, test_y, val_x, val_y = test_x.to(device), test_y.to(device), val_x.to(device), val_y.to(device)
 
     # `model` holds the weights that the optimizer trains, and the training step calls it through `step_model`
     # (under torchrun DistributedDataParallel, which averages the gradients over the processes); `tested` holds
     # the weights that are tested, sampled and saved as "weights": the moving average with --ema, else `model`
     steps_per_epoch = math.ceil(len(train_x) / args.batch_size)
-    model, optimizer, scheduler, average = build(model_name, args, steps_per_epoch, device)
+    model, optimizer, average = build(model_name, args, device)
     step_model = DistributedDataParallel(model) if world > 1 else model
     tested = average.module if average else model
     noise = torch.randn(SAMPLES, args.latent_dim, generator=torch.Generator().manual_seed(args.seed)).to(device)
@@ -260,21 +288,34 @@ def run_training(model_name, args, record, checkpoint, run_dir, device, rank, wo
             if average:
                 average.load_state_dict(checkpoint["average_state"])
             optimizer.load_state_dict(checkpoint["optimizer_state"])
-            scheduler.load_state_dict(checkpoint["scheduler_state"])
         except (RuntimeError, KeyError, ValueError):
             raise utils.UserError(f"--resume: {checkpoint_path} does not fit the {model_name} of its flags (latent size {args.latent_dim}); "
                                   f"it is damaged or from other code: start a new run") from None
-        scheduler.base_lrs = [args.lr]  # a --lr given again replaces the run's own
-        optimizer.param_groups[0]["lr"] = args.lr * scheduler.lr_lambdas[0](scheduler.last_epoch)
+        for group in optimizer.param_groups:  # the saved state brings the old hyperparameters: the run's flags win
+            group["weight_decay"] = args.weight_decay
         start_epoch = checkpoint["epoch"] + 1
         if start_epoch >= args.epochs:
             if master:
                 print(f"{run_dir} has trained {start_epoch} epochs already; pass a larger --epochs to train further")
             return
+
+    # the run is valid: only now are folders emptied (--overwrite) and run.json written
+    if master:
+        if args.resume and not checkpoint:
+            print(f"{run_dir} stopped before its first checkpoint: starting it again from epoch 1 with its own flags")
+        if args.overwrite:
+            for folder in (run_dir, grid_dir):
+                if os.path.isdir(folder):
+                    shutil.rmtree(folder)
+        utils.writable_dir(run_dir, "--runs-dir")
+        utils.writable_dir(grid_dir, "--out-dir")
+        (record["resumes"][-1] if record.get("resumes") else record).update(epoch=start_epoch, ran=what_ran(device, bf16))
+        utils.write_run(run_dir, record)
     # purge_step: a reader drops what an interrupted attempt logged from the first epoch this one redoes
     writer = SummaryWriter(run_dir, purge_step=start_epoch if args.resume else None) if master else None
     if master:
-        print(f"{model_name}: {len(train_x)} training images, {sum(p.numel() for p in model.parameters())} parameters, "
+        held_out = f", {len(val_x)} held out for validation" if args.val else ""
+        print(f"{model_name}: {len(train_x)} training images{held_out}, {sum(p.numel() for p in model.parameters())} parameters, "
               f"{world} process(es) on {device}, bfloat16 {bf16}; logs in {run_dir}, samples in {grid_dir}/")
 
     epoch = start_epoch
@@ -286,22 +327,27 @@ def run_training(model_name, args, record, checkpoint, run_dir, device, rank, wo
                 images = binarize(train_x, torch.Generator(device).manual_seed(epoch_seed(args.seed, epoch, 1)))
             order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(epoch_seed(args.seed, epoch, 0))).to(device)
             noise_generator = torch.Generator(device).manual_seed(epoch_seed(args.seed, epoch, 2 + rank))
-            sums, lr = train_epoch(step_model, optimizer, scheduler, average, batches(images, train_y, order, args.batch_size, rank, world),
-                                   bf16, noise_generator, desc=f"epoch {epoch + 1}/{args.epochs}", total=steps_per_epoch, show=master)
+            sums, lr = train_epoch(step_model, optimizer, lambda step: learning_rate(args, epoch, step, steps_per_epoch), average,
+                                   batches(images, train_y, order, args.batch_size, rank, world), bf16, noise_generator,
+                                   desc=f"epoch {epoch + 1}/{args.epochs}", total=steps_per_epoch, show=master)
             # evaluate.py repeats this test loss with the same generator
             test_sums = loss_sums(tested, test_x[rank::world], test_y[rank::world], torch.Generator(device).manual_seed(args.seed + rank))
+            val_sums = loss_sums(tested, val_x[rank::world], val_y[rank::world], torch.Generator(device).manual_seed(args.seed + rank))
             if world > 1:
-                dist.all_reduce(sums)
-                dist.all_reduce(test_sums)
+                for tensor in (sums, test_sums, val_sums):
+                    dist.all_reduce(tensor)
             if master:
-                log_epoch(writer, tested, epoch, sums, test_sums / len(test_x), lr, noise, test_x, test_y, grid_dir)
+                log_epoch(writer, tested, epoch, sums, test_sums / len(test_x), val_sums / max(len(val_x), 1) if args.val else None,
+                          lr, noise, test_x, test_y, grid_dir)
                 state = {"model": model_name, "args": vars(args), "epoch": epoch, "weights": tested.state_dict(),
-                         "optimizer_state": optimizer.state_dict(), "scheduler_state": scheduler.state_dict(),
-                         "test_loss": test_sums.sum().item() / len(test_x)}
+                         "optimizer_state": optimizer.state_dict(), "test_loss": test_sums.sum().item() / len(test_x)}
+                if args.val:
+                    state["val_loss"] = val_sums.sum().item() / len(val_x)
                 if average:
                     state.update(trained_weights=model.state_dict(), average_state=average.state_dict())
                 utils.save_atomic(state, checkpoint_path)
-                tqdm.write(f"epoch {epoch + 1:3d}/{args.epochs}  train {(sums[0] + sums[1]).item() / sums[2].item():7.2f}  "
+                val = f"  val {state['val_loss']:7.2f}" if args.val else ""
+                tqdm.write(f"epoch {epoch + 1:3d}/{args.epochs}  train {(sums[0] + sums[1]).item() / sums[2].item():7.2f}{val}  "
                            f"test {state['test_loss']:7.2f}  lr {lr:.2e}  {time.time() - t0:5.1f}s")
     except KeyboardInterrupt:
         kept = f"the checkpoint of epoch {epoch} is kept" if epoch > 0 else "nothing was saved yet"
@@ -314,14 +360,17 @@ def run_training(model_name, args, record, checkpoint, run_dir, device, rank, wo
     if master:
         log_run(writer, tested, args, test_x, test_y, epoch)
         writer.close()
-    if world > 1:  # every process must end with the same weights
+    if world > 1:  # every process must end with the same weights: a difference is a bug, and fails the run
         weights = torch.cat([p.detach().flatten() for p in model.parameters()])
         reference = weights.clone()
         dist.broadcast(reference, 0)
         same = torch.tensor([float(torch.equal(weights, reference))], device=device)
         dist.all_reduce(same, op=dist.ReduceOp.MIN)
+        if not same.item():
+            raise utils.UserError(f"the weights differ between the {world} processes after training; the run in {run_dir} "
+                                  f"is not to be trusted: report this with the command you ran")
         if master:
-            print(f"weights identical on all {world} processes: {bool(same.item())}")
+            print(f"weights identical on all {world} processes: True")
 
 
 def resume_command(model_name, args):
@@ -331,12 +380,12 @@ def resume_command(model_name, args):
 
 
 @torch.no_grad()
-def log_epoch(writer, model, epoch, sums, test_means, lr, noise, test_x, test_y, grid_dir):
+def log_epoch(writer, model, epoch, sums, test_means, val_means, lr, noise, test_x, test_y, grid_dir):
     """The epoch's scalars and pictures to TensorBoard, and its sample grid to GRID_DIR/NNN.png."""
-    train_bce, train_kld = (sums[:2] / sums[2]).tolist()
-    test_bce, test_kld = test_means.tolist()
-    scalars = {"train/bce": train_bce, "train/kld": train_kld, "train/loss": train_bce + train_kld,
-               "test/bce": test_bce, "test/kld": test_kld, "test/loss": test_bce + test_kld, "lr": lr}
+    means = {"train": sums[:2] / sums[2], "test": test_means, **({"val": val_means} if val_means is not None else {})}
+    scalars = {"lr": lr}
+    for split, (bce, kld) in means.items():
+        scalars.update({f"{split}/bce": bce.item(), f"{split}/kld": kld.item(), f"{split}/loss": bce.item() + kld.item()})
     for tag, value in scalars.items():
         writer.add_scalar(tag, value, epoch)
     samples = prior_grid(model, noise)

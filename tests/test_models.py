@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models import CVAE, VAE, load_checkpoint, loss_function, read_checkpoint
+from models import CVAE, VAE, BernoulliNLL, load_checkpoint, loss_function, read_checkpoint
 
 
 @pytest.mark.parametrize("Model", [VAE, CVAE])
@@ -119,3 +119,28 @@ def test_checkpoints_cannot_run_code(tmp_path):
     torch.save({"model": "VAE", "model_state": Evil()}, path)
     with pytest.raises(ValueError, match="not a readable checkpoint"):
         read_checkpoint(path)
+
+
+def test_the_one_pass_bce_matches_torch_in_value_and_gradient():
+    logits = (torch.randn(8, 784, dtype=torch.float64) * 8).requires_grad_()
+    x = torch.rand(8, 784, dtype=torch.float64)
+    ours = BernoulliNLL.apply(logits, x)
+    (grad,) = torch.autograd.grad(ours, logits)
+    logits_again = logits.detach().clone().requires_grad_()
+    theirs = F.binary_cross_entropy_with_logits(logits_again, x, reduction="sum")
+    theirs.backward()
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-12)
+    assert torch.allclose(grad, logits_again.grad, rtol=0, atol=1e-12)
+    assert torch.autograd.gradcheck(BernoulliNLL.apply, (logits[:2, :5].detach().requires_grad_(), x[:2, :5]))
+
+
+def test_z_reaches_the_decoder_in_float32_under_bfloat16_autocast():
+    torch.manual_seed(0)
+    model, z = VAE(), torch.randn(64, 2)
+    rounded = z.bfloat16().float()
+    assert not torch.equal(z, rounded)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not torch.equal(model.decode_logits(z), model.decode_logits(rounded))
+        mu, _ = model.encode(torch.rand(4, 784))
+    # the encoder's heads run in float32 too: mu is not a bfloat16 value widened
+    assert mu.dtype == torch.float32 and not torch.equal(mu, mu.bfloat16().float())

@@ -16,14 +16,15 @@ For scripts, the hash picks what the page shows on load:
   ...&dump                                   also writes the 784 decoded probabilities,
                                              comma-separated, into <pre id="dump">
 so that `chromium --headless --dump-dom 'file:///.../explore.html#model=VAE&z=0.5,-1&dump'`
-prints them.
+prints them. The README's images/explore.png is, from the reference runs' page,
+  chromium --headless --hide-scrollbars --window-size=1000,620 --screenshot=images/explore.png \
+    "file://$PWD/explore.html#model=VAE&z=0.5,-1&a=-2,1.2&b=1.5,-0.8"
+(as root, add --no-sandbox).
 """
 import base64
 import json
 import math
 import os
-
-import torch
 
 import utils
 from mnist import load_mnist
@@ -46,7 +47,7 @@ def page_model(name, path, model, checkpoint, means, labels):
     # the plane's half-width: nearly every code inside it, and the prior's 3-sigma circle too
     reach = means.abs().max(1).values.quantile(0.999).item()
     return dict(
-        name=name, path=path, epoch=checkpoint.get("epoch"), conditional=model.conditional,
+        name=name, path=path, epochs=checkpoint["epoch"] + 1 if "epoch" in checkpoint else None, conditional=model.conditional,
         inputs=first.in_features, hidden=first.out_features,
         w1=b64(first.weight), b1=b64(first.bias), w2=b64(last.weight), b2=b64(last.bias),
         extent=max(3.5, math.ceil(reach * 1.02 * 2) / 2),
@@ -172,7 +173,7 @@ const plane = $("plane"), ctx = plane.getContext("2d");
 const ratio = window.devicePixelRatio || 1;
 plane.width = plane.height = Math.round(520 * ratio);
 const S = plane.width;
-let background = null, backgroundKey = "";
+let background = null, backgroundKey = "", stripKey = "";  // what is drawn already
 
 const toPixel = (m, z) => [(z[0] + m.extent) / (2 * m.extent) * S, (m.extent - z[1]) / (2 * m.extent) * S];
 const toLatent = (m, x, y) => [x / S * 2 * m.extent - m.extent, m.extent - y / S * 2 * m.extent];
@@ -282,13 +283,17 @@ function render() {
   for (const b of $("digits").children) b.className = Number(b.textContent) === state.digit ? "on" : "";
   const strip = $("strip");
   strip.style.visibility = state.a && state.b ? "visible" : "hidden";
-  if (state.a && state.b) {
+  const key = JSON.stringify([state.model, state.digit, state.a, state.b]);
+  if (state.a && state.b && key !== stripKey) {  // not again for each move of the pointer
     for (let s = 0; s < STEPS; s++) paint(strip, decode(m, along(s / (STEPS - 1)), state.digit), 28 * s);
+    stripKey = key;
+  }
+  if (state.a && state.b) {
     $("striplabel").textContent = `from A (${fmt(state.a[0])}, ${fmt(state.a[1])}) to B (${fmt(state.b[0])}, ${fmt(state.b[1])}); a click starts again`;
   } else {
     $("striplabel").textContent = state.a ? "click a second point for the interpolation from A" : "click the plane to pin a point, click again for the interpolation";
   }
-  $("about").textContent = `${m.name}: ${m.path}` + (m.epoch != null ? `, epoch ${m.epoch}` : "") +
+  $("about").textContent = `${m.name}: ${m.path}` + (m.epochs != null ? `, ${m.epochs} epochs` : "") +
     `. Background: the latent means of the ${m.labels.length.toLocaleString("en")} test images, coloured by digit` +
     (m.conditional ? ` (digit ${state.digit} in front).` : ".");
 }

@@ -1,6 +1,6 @@
 """explore.py: the page's decoder, run in headless Chromium, against PyTorch's; its controls; its picture; its one-line errors.
 
-The page is built from the committed reference runs, into tmp_path. Without a Chromium on the
+The page is built from a copy of the committed reference runs (--runs-dir TMP --run-name reference). Without a Chromium on the
 PATH the browser tests are skipped, except where CI or REQUIRE_BROWSER is set (.ci/run sets it
 and installs Debian's chromium): there they fail.
 """
@@ -44,16 +44,26 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def page(tmp_path_factory):
-    out = tmp_path_factory.mktemp("explore") / "page.html"
-    result = run("explore.py", "--run-name", "reference", "--out", out)
+def runs(tmp_path_factory):
+    """A copy of the reference checkpoints, TMP/runs/MODEL/reference/checkpoint.pt: the page and PyTorch read the same files."""
+    tmp = tmp_path_factory.mktemp("runs")
+    for name, path in RUNS.items():
+        os.makedirs(tmp / name / "reference")
+        shutil.copy(path, tmp / name / "reference" / "checkpoint.pt")
+    return tmp
+
+
+@pytest.fixture(scope="module")
+def page(runs):
+    out = runs.parent / "page.html"
+    result = run("explore.py", "--runs-dir", runs, "--run-name", "reference", "--out", out)
     assert result.stdout.strip() == str(out)
     return out
 
 
 @pytest.fixture(scope="module")
-def models():
-    return {name: load_checkpoint(path) for name, path in RUNS.items()}
+def models(runs):
+    return {name: load_checkpoint(runs / name / "reference" / "checkpoint.pt") for name in RUNS}
 
 
 def open_page(browser, page, fragment, *flags, tmp=None):
@@ -136,9 +146,9 @@ def test_pointer_clicks_and_buttons(browser, page, models, tmp_path):
     assert np.abs(np.array(cvae["pixels"]) - as_drawn(decoded(models, "CVAE", cvae["z"], 7))).max() <= 1
 
 
-def test_one_model_and_the_default_out(browser, tmp_path):
+def test_one_model_and_the_default_out(browser, runs, tmp_path):
     # from another folder, with no --out: explore.html there, holding the VAE only
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "explore.py"), "--checkpoint", RUNS["VAE"],
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "explore.py"), "--checkpoint", runs / "VAE" / "reference",
                              "--data-dir", os.path.join(ROOT, "data")], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     page = tmp_path / "explore.html"

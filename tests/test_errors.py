@@ -193,3 +193,32 @@ def test_resume_from_a_checkpoint_whose_weights_do_not_fit(tmp_path, finished):
     torch.save(checkpoint, run_dir / "checkpoint.pt")
     result = run("train.py", "--resume", "--epochs", 2, *train_flags(tmp_path, "misfit"), check=False)
     fails_with(result, "does not fit", "start a new run")
+
+
+def test_resume_and_overwrite_together(tmp_path):
+    fails_with(run("train.py", "--resume", "--overwrite", *train_flags(tmp_path, "x"), check=False), "--resume", "--overwrite", "one of them")
+
+
+def test_resume_without_a_run_name(tmp_path):
+    fails_with(run("train.py", "--resume", "--runs-dir", tmp_path, check=False), "--resume needs the --run-name")
+
+
+def test_an_unreadable_run_json(tmp_path, finished):
+    run_dir = tmp_path / "runs" / "VAE" / "done"
+    shutil.copytree(finished / "runs" / "VAE" / "done", run_dir)
+    (run_dir / "run.json").write_text("{not json")
+    before = snapshot(tmp_path)
+    fails_with(run("train.py", "--resume", "--epochs", 2, *train_flags(tmp_path, "done"), check=False), "run.json is not readable JSON")
+    assert snapshot(tmp_path) == before
+
+
+def test_out_of_memory_says_to_lower_the_batch_size(tmp_path, monkeypatch, capsys):
+    import train
+
+    def no_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(train, "train_epoch", no_memory)
+    with pytest.raises(SystemExit) as exit:
+        train.main(argv=["--epochs", "1", "--limit", "100", "--device", "cpu", *map(str, train_flags(tmp_path, "oom"))])
+    assert str(exit.value) == "error: out of memory on the device; lower --batch-size (or the number of images or samples at once)"

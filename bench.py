@@ -1,6 +1,10 @@
 """How fast training is, and where the time goes:  python bench.py  (--help for the flags)
 
-Times one training epoch of train.py's pipeline (all 60,000 images held in one tensor,
+First the roofline: the FLOPs of an epoch of `python train.py` (from the model's layer
+shapes), the rate of this machine's matrix products (float32, and bfloat16 where native),
+measured in the same run, and the fraction of that rate which whole train.py epochs reach
+(training, test pass, pictures and checkpoint: the epoch seconds it logs). Then it
+times one training epoch of train.py's pipeline (all 60,000 images held in one tensor,
 each batch taken by indexing it) and of the classic torchvision pipeline
 (datasets.MNIST with transforms.ToTensor through a DataLoader, as pytorch/examples
 does), with the same model, optimizer, loop and batch size, in this process, one after
@@ -21,13 +25,14 @@ import tempfile
 import time
 
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
 import utils
 from mnist import load_mnist
-from models import loss_function
+from models import MODELS, loss_function
 from train import DEFAULTS as TRAIN_DEFAULTS, batches, build, learning_rate, train_epoch
 
 DEFAULTS = dict(
@@ -37,6 +42,7 @@ DEFAULTS = dict(
     device="auto",
     data_dir="data",
     limit=None,  # train on the first N training images only
+    bf16="auto",  # as train.py: bfloat16 where the hardware multiplies it natively
     profile=False,
     full=False,
 )
@@ -70,6 +76,69 @@ def noise(args, device):
     return torch.Generator(device).manual_seed(args.seed)
 
 
+def flops_per_image(model):
+    """(training, test) FLOPs per image of the model's matrix products. A Linear layer's forward pass is
+    2 * in * out; training adds the weight gradient (as much again) and the gradient of its input (again),
+    except for the encoder's first layer, whose input is the data, which needs no gradient."""
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    forward = sum(2 * m.in_features * m.out_features for m in layers)
+    first = model.encoder.body[0]
+    return 3 * forward - 2 * first.in_features * first.out_features, forward
+
+
+def matmul_rate(dtype, device, n=2048, m=None, k=None, seconds=1.0):
+    """FLOP/s of an (n x k) @ (k x m) matrix product (square by default), the median of several timed bursts."""
+    m, k = m or n, k or n
+    a, b = torch.randn(n, k, dtype=dtype, device=device), torch.randn(k, m, dtype=dtype, device=device)
+    a @ b  # warm-up
+    rates = []
+    for _ in range(5):
+        calls = 0
+        synchronize(device)
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < seconds / 5:
+            a @ b
+            calls += 1
+            synchronize(device) if calls % 8 == 0 else None
+        synchronize(device)
+        rates.append(2 * n * m * k * calls / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+def train_py_epochs(model_name, device_name, bf16, batch_size, limit, epochs):
+    """The seconds of each epoch of a real `python train.py` run (training, test pass, pictures, checkpoint), as it logs them."""
+    script = "train.py" if model_name == "VAE" else "train_CVAE.py"
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, script, "--device", device_name, "--bf16" if bf16 else "--no-bf16", "--epochs", str(epochs),
+               "--batch-size", str(batch_size), "--run-name", "bench", "--runs-dir", tmp, "--out-dir", tmp]
+        cmd += ["--limit", str(limit)] if limit else []
+        if subprocess.run(cmd, stdout=subprocess.DEVNULL, cwd=os.path.dirname(os.path.abspath(__file__))).returncode:
+            raise utils.UserError(f"python {script} failed (its error is above); the roofline times its epochs, so fix that first")
+        events = EventAccumulator(os.path.join(tmp, model_name, "bench"))
+        events.Reload()
+        return [e.value for e in events.Scalars("time/epoch_seconds")]
+
+
+def roofline(model_name, device, cli, bf16, n_train, n_test):
+    """Print the epoch's FLOPs, the measured matmul rates and the fraction of them that train.py's epochs reach."""
+    train_flops, test_flops = flops_per_image(MODELS[model_name]())
+    epoch_flops = train_flops * n_train + test_flops * n_test
+    print(f"an epoch: {epoch_flops / 1e9:.1f} GFLOP in matrix products (training {train_flops / 1e6:.2f} MFLOP per image x {n_train}, "
+          f"test {test_flops / 1e6:.2f} MFLOP x {n_test})")
+    peaks = {}
+    for dtype in (torch.float32, torch.bfloat16) if utils.native_bf16(device) else (torch.float32,):
+        name = str(dtype).removeprefix("torch.")
+        peaks[name] = matmul_rate(dtype, device)
+        shape = matmul_rate(dtype, device, cli.batch_size, 256, 784)  # the model's own shape: a batch through a 784 x 256 layer
+        print(f"matmul peak, {name}: {peaks[name] / 1e9:.1f} GFLOP/s (2048 x 2048 x 2048); {shape / 1e9:.1f} GFLOP/s "
+              f"({cli.batch_size} x 784 x 256)")
+    seconds = train_py_epochs(model_name, cli.device, bf16, cli.batch_size, cli.limit, 1 + cli.repeats)[1:]  # the first warms up
+    epoch = statistics.median(seconds)
+    fractions = ", ".join(f"{epoch_flops / epoch / rate:.0%} of the {name} peak" for name, rate in peaks.items())
+    print(f"python {'train.py' if model_name == 'VAE' else 'train_CVAE.py'} --{'' if bf16 else 'no-'}bf16: {epoch:.2f} s per epoch "
+          f"(median of {', '.join(f'{s:.2f}' for s in seconds)}), {epoch_flops / epoch / 1e9:.1f} GFLOP/s: {fractions}")
+
+
 def time_epochs(name, make_batches, model_name, args, device, steps, repeats):
     """Train `repeats` epochs from fresh weights; returns the seconds of each and the peak memory."""
     model, optimizer, average = build(model_name, args, device)
@@ -94,16 +163,21 @@ def main():
     utils.add_device_flag(p)
     utils.add_data_flag(p)
     p.add_argument("--limit", type=utils.number(int), help="train on the first N training images only (default: all 60,000)")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 matrix products (autocast); auto: where the hardware has them natively")
+    p.add_argument("--no-bf16", dest="bf16", action="store_false", help="float32 throughout")
     p.add_argument("--profile", action="store_true", help="profile an epoch, and time it against forward and backward alone")
     p.add_argument("--full", action="store_true", help="time `python train.py` and `python train_CVAE.py` with their defaults")
+    p.set_defaults(bf16=None)
     cli, _ = utils.parse(p, DEFAULTS)
     device = utils.pick_device(cli.device)
     images, labels = load_mnist(cli.data_dir, train=True)
     images, labels = images[:cli.limit], labels[:cli.limit]
-    args = argparse.Namespace(**{**TRAIN_DEFAULTS, "batch_size": cli.batch_size, "bf16": utils.native_bf16(device)})
+    bf16 = utils.native_bf16(device) if cli.bf16 in ("auto", None) else cli.bf16
+    args = argparse.Namespace(**{**TRAIN_DEFAULTS, "batch_size": cli.batch_size, "bf16": bf16})
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     print(f"{cli.model}, {len(images)} images, batch size {cli.batch_size}, bfloat16 {args.bf16}, on {device} ({where}), torch {torch.__version__}")
     steps = -(-len(images) // cli.batch_size)
+    roofline(cli.model, device, cli, bf16, len(images), len(load_mnist(cli.data_dir, train=False)[0]))
 
     # train.py's pipeline: the data set is one tensor on the device; a batch is one indexing operation
     images_dev, labels_dev = images.to(device), labels.to(device)

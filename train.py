@@ -346,6 +346,7 @@ def run_training(model_name, args, record, checkpoint, run_dir, device, rank, wo
                 if average:
                     state.update(trained_weights=model.state_dict(), average_state=average.state_dict())
                 utils.save_atomic(state, checkpoint_path)
+                writer.add_scalar("time/epoch_seconds", time.time() - t0, epoch)  # the whole epoch: bench.py reads it
                 val = f"  val {state['val_loss']:7.2f}" if args.val else ""
                 tqdm.write(f"epoch {epoch + 1:3d}/{args.epochs}  train {(sums[0] + sums[1]).item() / sums[2].item():7.2f}{val}  "
                            f"test {state['test_loss']:7.2f}  lr {lr:.2e}  {time.time() - t0:5.1f}s")

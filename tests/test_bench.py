@@ -6,14 +6,24 @@ import torch
 
 import bench
 from conftest import run
+from models import CVAE, VAE
 from test_errors import fails_with
 
 NUMBER = r"(\d+(?:\.\d+)?)"
 
 
 def test_tiny_bench_prints_numbers():
-    out = run("bench.py", "--repeats", 1, "--limit", 2000, "--device", "cpu", "--profile").stdout
-    assert re.search(r"^VAE, 2000 images, batch size \d+, bfloat16 (True|False), on cpu", out, re.M), out
+    out = run("bench.py", "--repeats", 1, "--limit", 2000, "--device", "cpu", "--profile", "--no-bf16").stdout
+    assert re.search(r"^VAE, 2000 images, batch size \d+, bfloat16 False, on cpu", out, re.M), out
+    # the roofline: the FLOPs of 2000 training and 10,000 test images, the float32 peak, and train.py's fraction of it
+    train_flops, test_flops = bench.flops_per_image(VAE())
+    assert f"an epoch: {(train_flops * 2000 + test_flops * 10000) / 1e9:.1f} GFLOP" in out
+    peak = float(re.search(rf"^matmul peak, float32: {NUMBER} GFLOP/s \(2048 x 2048 x 2048\)", out, re.M).group(1))
+    m = re.search(rf"^python train.py --no-bf16: {NUMBER} s per epoch \(median of {NUMBER}\), {NUMBER} GFLOP/s: (\d+)% of the float32 peak", out, re.M)
+    assert m, out
+    seconds, only, rate, percent = map(float, m.groups())
+    assert seconds == only and abs(rate - (train_flops * 2000 + test_flops * 10000) / 1e9 / seconds) <= rate * 0.005 / seconds + 0.05
+    assert abs(percent - 100 * rate / peak) <= 1
     for name in ("train.py", "classic"):
         m = re.search(rf"^{re.escape(name)}\s+{NUMBER} s/epoch\s+{NUMBER} images/s\s+peak memory\s+{NUMBER} MB\s+\(epochs: {NUMBER}\)$", out, re.M)
         assert m, out
@@ -27,6 +37,16 @@ def test_tiny_bench_prints_numbers():
     epoch, bare, percent = map(float, m.groups())
     # the percentage is of the two times, which are printed to 0.005 s
     assert 100 * (bare - 0.005) / (epoch + 0.005) - 1 <= percent <= 100 * (bare + 0.005) / max(epoch - 0.005, 1e-9) + 1
+
+
+def test_flops_per_image_from_the_layer_shapes():
+    """By hand, from the layers: forward 2 * in * out each; training three times that, less the first layer's input gradient."""
+    vae = [(784, 256), (256, 512), (512, 2), (512, 2), (2, 256), (256, 784)]
+    cvae = [(794, 256), (256, 512), (512, 2), (512, 2), (12, 512), (512, 784)]
+    for Model, layers in ((VAE, vae), (CVAE, cvae)):
+        forward = sum(2 * i * o for i, o in layers)
+        assert bench.flops_per_image(Model()) == (3 * forward - 2 * layers[0][0] * layers[0][1], forward)
+    assert bench.flops_per_image(VAE()) == (2_808_832, 1_070_080)  # the issue's 2.81 and 1.07 MFLOP
 
 
 @pytest.mark.parametrize("flag, value", [("--batch-size", 0), ("--repeats", 0), ("--repeats", -2), ("--limit", 0), ("--batch-size", "many")])

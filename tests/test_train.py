@@ -16,7 +16,7 @@ from conftest import ROOT, run, train_flags
 from mnist import load_mnist
 from models import CVAE, VAE, load_checkpoint, loss_sums, read_checkpoint
 
-TAGS = {"train/bce", "train/kld", "train/loss", "test/bce", "test/kld", "test/loss", "lr"}
+TAGS = {"train/bce", "train/kld", "train/loss", "test/bce", "test/kld", "test/loss", "lr", "time/epoch_seconds"}
 CPU = ["--device", "cpu"]  # the tests compare numbers, so they pick their device
 
 

@@ -316,7 +316,7 @@ def evaluate_one(path, model, checkpoint, args, device, classifier):
     r = {"checkpoint": path, "epochs": checkpoint["epoch"] + 1, "binarized": binarized, "n_images": len(x),
          "test_loss": bce + kld, "test_bce": bce, "test_kld": kld, "logged_test_loss": checkpoint["test_loss"],
          "iwae_nll": iwae.mean().item(), "k": args.k}
-    if args.exact:
+    if args.exact and model.latent_dim == 2:
         t1 = time.time()
         nll, info = model_exact_nll(model, x, y)
         r.update(exact_nll=nll.mean().item(), elbo_gap=r["test_loss"] - nll.mean().item(),
@@ -366,11 +366,10 @@ def main():
 
     device = utils.pick_device(args.device)
     loaded = [(path, *utils.load_model(path, device)) for _, path in utils.choose_runs(args.runs_dir, args.run_name, args.checkpoint)]
-    if args.exact:
-        for path, model, _ in loaded:
-            if model.latent_dim != 2:
-                raise utils.UserError(f"--exact integrates over a 2-d latent plane; {path} has latent size {model.latent_dim}: "
-                                      f"drop --exact for it")
+    if args.exact and all(model.latent_dim != 2 for _, model, _ in loaded):  # else the exact value is of the 2-d ones only
+        path, model, _ = loaded[0]
+        raise utils.UserError(f"--exact integrates over a 2-d latent plane; {path} has latent size {model.latent_dim}: "
+                              f"drop --exact for it")
     classifier = None
     if any(model.conditional for _, model, _ in loaded):  # before any long computation: fail early if it is missing
         classifier = load_classifier(args.classifier, device)

@@ -77,3 +77,12 @@ def test_cvae_samples_show_their_digit():
     assert r["classifier_test_accuracy"] > 0.98
     assert r["label_agreement"] > 0.95, r["label_agreement_per_digit"]  # the digit asked for is the digit drawn
     assert min(r["label_agreement_per_digit"]) > 0.8
+
+
+def test_each_measurement_has_its_own_noise():
+    """The CVAE's label agreement does not change with the IWAE's --k or --limit, nor the IWAE bound with --n."""
+    def figures(*flags):
+        return json.loads(run("evaluate.py", "--checkpoint", "runs/CVAE/reference", "--n", 30, "--json", *flags).stdout)["CVAE"]
+    a, b, c = figures("--k", 1, "--limit", 5), figures("--k", 3, "--limit", 9), figures("--k", 3, "--limit", 9, "--n", 40)
+    assert a["label_agreement_per_digit"] == b["label_agreement_per_digit"]
+    assert b["iwae_nll"] == c["iwae_nll"] and a["iwae_nll"] != b["iwae_nll"]

@@ -123,3 +123,12 @@ def test_latent_dist_draws_the_exact_posterior(tmp_path):
     assert str(tmp_path / "VAE_posterior.png") in result.stdout
     width, height = Image.open(tmp_path / "VAE_posterior.png").size
     assert width > 1000 and height > 1000
+
+
+def test_exact_is_computed_for_the_2d_checkpoints_among_others(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"model": "VAE", "args": {"latent_dim": 3, "seed": 0}, "epoch": 0, "weights": VAE(latent_dim=3).state_dict(), "test_loss": 0.0}, path)
+    result = run("evaluate.py", "--checkpoint", "runs/VAE/reference", "--checkpoint", path, "--exact", "--limit", 10, "--k", 20, "--json")
+    two, three = json.loads(result.stdout).values()
+    assert "exact_nll" in two and two["exact_nll"] <= two["iwae_nll"]
+    assert "exact_nll" not in three and three["iwae_nll"] > 0 and three["checkpoint"] == str(path)

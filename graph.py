@@ -1,7 +1,7 @@
 """Loss curves of the VAE and the CVAE from their TensorBoard logs:  python graph.py
 
 Plots the newest run of each model to images/VAE_loss.png and images/CVAE_loss.png:
-BCE, KLD and their sum (the negative ELBO), train and test, per epoch.
+BCE, KLD and their sum (the negative ELBO), train, validation (runs with --val) and test, per epoch.
 python graph.py --table  prints one line per run instead: the README's comparison of recipes.
 A run that has logged no epoch yet is left out of the figures, and shows "-" in the table.
 """
@@ -40,13 +40,13 @@ def read_scalars(run):
 
 
 def table(runs):
-    rows = [("model", "run", "epochs", "test loss", "test bce", "test kld", "train loss", "time s")]
+    rows = [("model", "run", "epochs", "test loss", "test bce", "test kld", "train loss", "time s", "val loss")]
     for model, run in runs:
         curves, seconds = read_scalars(run)
         final = lambda tag: f"{curves[tag][1][-1]:.2f}" if tag in curves else "-"
         epochs = max((curves[tag][0][-1] for tag in CURVES if tag in curves), default=0)
         rows.append((model, os.path.basename(run), str(epochs), final("test/loss"), final("test/bce"), final("test/kld"),
-                     final("train/loss"), "-" if seconds is None else f"{seconds:.0f}"))
+                     final("train/loss"), "-" if seconds is None else f"{seconds:.0f}", final("val/loss")))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:  # text left-aligned, numbers right-aligned
         print("  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))))
@@ -58,9 +58,11 @@ def plot(model, runs, images_dir):
     for k, (run, curves) in enumerate(runs):
         prefix = f"{os.path.basename(run)} " if len(runs) > 1 else ""
         for ax, (name, title) in zip(axes, PANELS):
-            for split, style in (("train", "--"), ("test", "-")):
+            for split, style, color in (("train", "--", "C0"), ("val", ":", "C2"), ("test", "-", "C1")):
+                if f"{split}/{name}" not in curves and split == "val":
+                    continue
                 epochs, values = curves.get(f"{split}/{name}", ([], []))
-                ax.plot(epochs, values, style, color=f"C{k}" if len(runs) > 1 else ("C0" if split == "train" else "C1"),
+                ax.plot(epochs, values, style, color=f"C{k}" if len(runs) > 1 else color,
                         marker="." if len(epochs) < 30 else None, label=prefix + split)
             ax.set(title=title, xlabel="epoch (counted from 1)", ylabel="nats per image")
             ax.grid(alpha=0.3)

@@ -36,10 +36,10 @@ def test_table_shows_a_dash_for_what_is_not_logged(young_runs):
     result = run("graph.py", "--runs-dir", young_runs, "--table")
     assert "Traceback" not in result.stderr
     table = rows(result.stdout)
-    # model run epochs | test loss, bce, kld | train loss | time
+    # model run epochs | test loss, bce, kld | train loss | time | val loss
     assert sorted(table) == [("CVAE", "empty"), ("VAE", "partial")]
     empty, partial = table["CVAE", "empty"], table["VAE", "partial"]
-    assert empty[2] == "0" and empty[3:] == ["-"] * 5
+    assert empty[2] == "0" and empty[3:] == ["-"] * 6
     assert partial[2] == "2" and partial[3:6] == ["-"] * 3 and partial[6] == "165.00"
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import run
-from evaluate import exact_nll, iwae_bounds, model_exact_nll
+from evaluate import exact_nll, iwae_bounds, log_bernoulli, model_exact_nll
 from mnist import load_mnist
 from models import VAE
 from utils import load_model
@@ -89,7 +89,10 @@ def test_exact_is_below_and_close_to_iwae_on_the_reference_vae(reference_vae):
     nll, info = model_exact_nll(model, x, y)
     elbo, iwae = iwae_bounds(model, x, y, 5000, torch.Generator().manual_seed(0))
     assert info["converged"].all()
-    assert nll.mean() < iwae.mean() < elbo.mean()  # the order that the mathematics requires, on average
+    # IWAE's estimate is above the exact value only in expectation: where q(z|x) is much narrower than the
+    # posterior its weights are heavy-tailed, and one image's estimate can fall a nat below (image 3 here), so
+    # the mean over 20 images is no test. The ELBO is above for every image, as the mathematics requires.
+    assert (nll < elbo).all() and iwae.mean() < elbo.mean()
     # where q(z|x) covers the posterior, 5000 importance samples get within a few hundredths of it
     gap = iwae - nll
     assert gap.median().abs() < 0.05, gap
@@ -132,3 +135,20 @@ def test_exact_is_computed_for_the_2d_checkpoints_among_others(tmp_path):
     two, three = json.loads(result.stdout).values()
     assert "exact_nll" in two and two["exact_nll"] <= two["iwae_nll"]
     assert "exact_nll" not in three and three["iwae_nll"] > 0 and three["checkpoint"] == str(path)
+
+
+def test_exact_matches_a_brute_force_grid_on_the_reference_vae(reference_vae):
+    """The adaptive integration against a plain sum on a fine grid (spacing 0.005) over the box that holds the mass."""
+    model, x, y = reference_vae
+    x, y = x[:5], y[:5]
+    nll, info = model_exact_nll(model, x, y)
+    step = 0.005
+    for i in range(len(x)):
+        z1_lo, z1_hi, z2_lo, z2_hi = info["box"][i].tolist()
+        grid = [torch.arange(lo - 0.25, hi + 0.25, step, dtype=torch.float64) + step / 2 for lo, hi in ((z1_lo, z1_hi), (z2_lo, z2_hi))]
+        z = torch.stack(torch.meshgrid(*grid, indexing="ij"), -1).reshape(-1, 2)
+        with torch.no_grad():
+            log_like = torch.cat([log_bernoulli(model.decode_logits(z[j:j + 20000].float()), x[i]).double() for j in range(0, len(z), 20000)])
+        log_joint = log_like - 0.5 * (z ** 2).sum(1) - math.log(2 * math.pi)
+        brute = -(torch.logsumexp(log_joint, 0) + 2 * math.log(step)).item()
+        assert abs(brute - nll[i].item()) < 0.02, (i, brute, nll[i].item())

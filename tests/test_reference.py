@@ -100,3 +100,47 @@ def test_committed_grids_show_the_digits(run_name):
     assert (counts > 0).sum() >= 8 and counts.max() <= 0.3 * len(vae)
     assert sorted(os.listdir(os.path.join(ROOT, "out", run_name))) == [f"{e:03d}.png" for e in range(50)]
     assert sorted(os.listdir(os.path.join(ROOT, "out_CVAE", run_name))) == [f"{e:03d}.png" for e in range(20)]
+
+
+# --- the literature table: runs/literature.json, the long 2-d run and the latent sizes ---------------
+
+LITERATURE = {"long": 2, "latent5": 5, "latent10": 10, "latent20": 20}  # run name: latent size
+LITERATURE_ROW = re.compile(r"^\| `runs/VAE/(\w+)` \| (\d+) \| [^|]+ \| ([\d.]+) \| ([\d.]+) \| ([\d.]+|–) \| [\d.]+ \|", re.MULTILINE)
+
+
+def literature():
+    """{run name: figures} of `python evaluate.py --checkpoint runs/VAE/long ... --exact --k 5000 --json`, runs/literature.json."""
+    with open(os.path.join(ROOT, "runs", "literature.json")) as f:
+        return {os.path.basename(os.path.dirname(r["checkpoint"])): r for r in json.load(f).values()}
+
+
+def test_literature_json_has_every_run_and_its_bounds_are_in_order():
+    found = literature()
+    assert set(found) == set(LITERATURE)
+    for name, r in found.items():
+        assert r["k"] == 5000 and r["n_images"] == 10000 and r["binarized"]
+        assert r["iwae_nll"] <= r["test_loss"]
+        assert ("exact_nll" in r) == (LITERATURE[name] == 2)
+        if "exact_nll" in r:
+            assert r["exact_nll"] <= r["iwae_nll"]
+
+
+def test_readme_literature_table_is_the_json():
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    rows = {m[1]: m.groups()[1:] for m in LITERATURE_ROW.finditer(text)}
+    assert set(rows) == set(LITERATURE), f"README's literature table has rows for {sorted(rows)}"
+    for name, r in literature().items():
+        latent, elbo, iwae, exact = rows[name]
+        assert int(latent) == LITERATURE[name]
+        assert (elbo, iwae) == (printed(r["test_loss"], 2), printed(r["iwae_nll"], 2))
+        assert exact == (printed(r["exact_nll"], 2) if "exact_nll" in r else "–")
+
+
+@pytest.mark.parametrize("run_name", sorted(LITERATURE))
+def test_literature_checkpoint_gives_its_test_loss(run_name):
+    """An independent −ELBO of the checkpoint on the binarised test set is the logged and reported one."""
+    model, checkpoint = load_model(os.path.join(ROOT, "runs", "VAE", run_name, "checkpoint.pt"))
+    assert model.latent_dim == LITERATURE[run_name] and checkpoint["args"]["binarize"] == "dynamic"
+    test_x, test_y = load_mnist(os.path.join(ROOT, "data"), train=False, binarized=True)
+    test_elbo = loss_sums(model, test_x, test_y, torch.Generator().manual_seed(checkpoint["args"]["seed"])).sum().item() / len(test_x)
+    assert printed(test_elbo, 2) == printed(literature()[run_name]["test_loss"], 2) == printed(checkpoint["test_loss"], 2)

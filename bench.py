@@ -33,7 +33,7 @@ from torchvision import datasets, transforms
 import utils
 from mnist import load_mnist
 from models import MODELS, loss_function
-from train import DEFAULTS as TRAIN_DEFAULTS, batches, build, learning_rate, train_epoch
+from train import DEFAULTS as TRAIN_DEFAULTS, SCRIPTS, batches, build, learning_rate, train_epoch
 
 DEFAULTS = dict(
     model="VAE",
@@ -107,7 +107,7 @@ def matmul_rate(dtype, device, n=2048, m=None, k=None, seconds=1.0):
 
 def train_py_epochs(model_name, device_name, bf16, batch_size, limit, epochs):
     """The seconds of each epoch of a real `python train.py` run (training, test pass, pictures, checkpoint), as it logs them."""
-    script = "train.py" if model_name == "VAE" else "train_CVAE.py"
+    script = SCRIPTS[model_name]
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, script, "--device", device_name, "--bf16" if bf16 else "--no-bf16", "--epochs", str(epochs),
                "--batch-size", str(batch_size), "--run-name", "bench", "--runs-dir", tmp, "--out-dir", tmp]
@@ -135,7 +135,7 @@ def roofline(model_name, device, cli, bf16, n_train, n_test):
     seconds = train_py_epochs(model_name, cli.device, bf16, cli.batch_size, cli.limit, 1 + cli.repeats)[1:]  # the first warms up
     epoch = statistics.median(seconds)
     fractions = ", ".join(f"{epoch_flops / epoch / rate:.0%} of the {name} peak" for name, rate in peaks.items())
-    print(f"python {'train.py' if model_name == 'VAE' else 'train_CVAE.py'} --{'' if bf16 else 'no-'}bf16: {epoch:.2f} s per epoch "
+    print(f"python {SCRIPTS[model_name]} --{'' if bf16 else 'no-'}bf16: {epoch:.2f} s per epoch "
           f"(median of {', '.join(f'{s:.2f}' for s in seconds)}), {epoch_flops / epoch / 1e9:.1f} GFLOP/s: {fractions}")
 
 
@@ -172,7 +172,7 @@ def main():
     device = utils.pick_device(cli.device)
     images, labels = load_mnist(cli.data_dir, train=True)
     images, labels = images[:cli.limit], labels[:cli.limit]
-    bf16 = utils.native_bf16(device) if cli.bf16 in ("auto", None) else cli.bf16
+    bf16 = utils.use_bf16(cli.bf16, device)
     args = argparse.Namespace(**{**TRAIN_DEFAULTS, "batch_size": cli.batch_size, "bf16": bf16})
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     print(f"{cli.model}, {len(images)} images, batch size {cli.batch_size}, bfloat16 {args.bf16}, on {device} ({where}), torch {torch.__version__}")

@@ -94,8 +94,8 @@ MODELS = {"VAE": VAE, "CVAE": CVAE}
 
 
 def softplus(logits):
-    """log(1 + exp(logits)) as relu(l) - log(sigmoid(|l|)): exact where the sigmoid saturates, and unlike
-    F.softplus and log1p vectorised on CPUs (several times faster)."""
+    """log(1 + exp(logits)) as relu(l) - log(sigmoid(|l|)): relu carries the large part, so it stays accurate
+    where the sigmoid saturates, and unlike F.softplus and log1p it is vectorised on CPUs (several times faster)."""
     return torch.relu(logits) - torch.log(torch.sigmoid(logits.abs()))
 
 

@@ -62,6 +62,7 @@ DEFAULTS = dict(
 NOT_SAVED = ("runs_dir", "run_name", "resume", "overwrite")  # where to find the run, and what to do with it
 FIXED = ("latent_dim", "binarize", "val")  # a resumed run cannot change these (nor the model, nor EMA on or off)
 SAMPLES, RECONSTRUCTIONS = 64, 32  # images in the grids logged each epoch
+SCRIPTS = {"VAE": "train.py", "CVAE": "train_CVAE.py"}  # the script that trains each model
 
 
 def command_line(model_name, defaults, argv=None):
@@ -200,8 +201,7 @@ def open_run(model_name, defaults, given):
                                   f"check --run-name and --runs-dir, or start a new run without --resume")
         kind = (record or checkpoint)["model"]
         if kind != model_name:
-            script = "train.py" if kind == "VAE" else "train_CVAE.py"
-            raise utils.UserError(f"--resume: {run_dir} holds a {kind}, not a {model_name}; resume it with {script}")
+            raise utils.UserError(f"--resume: {run_dir} holds a {kind}, not a {model_name}; resume it with {SCRIPTS[kind]}")
         # runs from before run.json kept their flags in the checkpoint
         saved = current_flags(record) if record else {k: v for k, v in checkpoint["args"].items() if k in defaults and k not in NOT_SAVED}
         args = settings(defaults, given, saved)
@@ -258,7 +258,7 @@ def train(model_name, defaults, given):
 
 def run_training(model_name, args, record, checkpoint, run_dir, device, rank, world):
     master = rank == 0  # only this process writes logs, grids and checkpoints
-    bf16 = utils.native_bf16(device) if args.bf16 in ("auto", None) else args.bf16  # auto is resolved where the run runs
+    bf16 = utils.use_bf16(args.bf16, device)  # auto is resolved where the run runs
     grid_dir = os.path.join(args.out_dir, args.run_name)
     checkpoint_path = os.path.join(run_dir, utils.CHECKPOINT)
     dynamic = utils.binarized(args.binarize)
@@ -375,7 +375,7 @@ def run_training(model_name, args, record, checkpoint, run_dir, device, rank, wo
 
 
 def resume_command(model_name, args):
-    script = "train.py" if model_name == "VAE" else "train_CVAE.py"
+    script = SCRIPTS[model_name]
     runs_dir = f" --runs-dir {args.runs_dir}" if args.runs_dir != DEFAULTS["runs_dir"] else ""
     return f"python {script} --run-name {args.run_name}{runs_dir} --resume"
 

@@ -113,6 +113,11 @@ def pick_device(name="auto"):
     return device
 
 
+def use_bf16(flag, device):
+    """What --bf16 means on this device: True or False as given, or for "auto" (and unset) whether it is native here."""
+    return native_bf16(device) if flag in ("auto", None) else flag
+
+
 def native_bf16(device):
     """Whether this device multiplies bfloat16 natively; elsewhere bfloat16 is emulated, and slower than float32."""
     if device.type == "cuda":

@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 
 import numpy as np
@@ -148,9 +147,7 @@ def test_pointer_clicks_and_buttons(browser, page, models, tmp_path):
 
 def test_one_model_and_the_default_out(browser, runs, tmp_path):
     # from another folder, with no --out: explore.html there, holding the VAE only
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "explore.py"), "--checkpoint", runs / "VAE" / "reference",
-                             "--data-dir", os.path.join(ROOT, "data")], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
+    result = run("explore.py", "--checkpoint", runs / "VAE" / "reference", "--data-dir", os.path.join(ROOT, "data"), cwd=tmp_path)
     page = tmp_path / "explore.html"
     assert result.stdout.strip() == "explore.html" and '"name": "CVAE"' not in page.read_text()
     dump = pre(open_page(browser, page, "model=CVAE&z=0,0&dump", "--dump-dom", tmp=tmp_path), "dump")

@@ -38,7 +38,7 @@ def parser(description, defaults):
             return action.help
 
     p = argparse.ArgumentParser(description=description, formatter_class=Help, argument_default=None)
-    p.error = lambda message: sys.exit(f"{p.prog}: error: {message} (see --help)")  # one line, no usage dump
+    p.error = lambda message: exit_with(f"{p.prog}: error: {message} (see --help)")  # one line, no usage dump
     return p
 
 
@@ -82,16 +82,24 @@ def add_data_flag(p):
     p.add_argument("--data-dir", help="the folder that holds MNIST/raw/")
 
 
+def exit_with(line):
+    """Exit with status 1 after writing `line` to stderr in one write, so that the lines of processes
+    sharing a stderr (torchrun) never run into each other; sys.exit(line) writes the newline separately."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+    sys.exit(1)
+
+
 def main(function):
     """Run a script's main function; a user's mistake becomes one line on stderr and a non-zero exit."""
     try:
         function()
     except (UserError, OSError, ValueError) as e:
-        sys.exit(f"error: {e}")
+        exit_with(f"error: {e}")
     except torch.OutOfMemoryError:
-        sys.exit("error: out of memory on the device; lower --batch-size (or the number of images or samples at once)")
+        exit_with("error: out of memory on the device; lower --batch-size (or the number of images or samples at once)")
     except KeyboardInterrupt:
-        sys.exit("interrupted")
+        exit_with("interrupted")
 
 
 # --- devices --------------------------------------------------------------------------------------

@@ -1,9 +1,12 @@
 """A user's mistake gets one line that names the problem and the fix, a non-zero exit, no traceback, and loses nothing."""
 import os
 import shutil
+import sys
 
 import pytest
 import torch
+
+import utils
 
 from conftest import ROOT, run, train_both, train_flags
 
@@ -221,4 +224,27 @@ def test_out_of_memory_says_to_lower_the_batch_size(tmp_path, monkeypatch, capsy
     monkeypatch.setattr(train, "train_epoch", no_memory)
     with pytest.raises(SystemExit) as exit:
         train.main(argv=["--epochs", "1", "--limit", "100", "--device", "cpu", *map(str, train_flags(tmp_path, "oom"))])
-    assert str(exit.value) == "error: out of memory on the device; lower --batch-size (or the number of images or samples at once)"
+    assert exit.value.code == 1
+    assert capsys.readouterr().err == "error: out of memory on the device; lower --batch-size (or the number of images or samples at once)\n"
+
+
+def test_an_error_line_goes_to_stderr_in_one_write(monkeypatch):
+    # torchrun's processes share one stderr: a line written in two parts (text, then newline) can be split by another's
+    writes = []
+
+    class Recorder:
+        def write(self, text):
+            writes.append(text)
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sys, "stderr", Recorder())
+
+    def mistake():
+        raise utils.UserError("no such run; pass --run-name")
+
+    with pytest.raises(SystemExit) as exit:
+        utils.main(mistake)
+    assert exit.value.code == 1
+    assert writes == ["error: no such run; pass --run-name\n"]

@@ -245,15 +245,17 @@ def test_help_lists_commands_and_defaults():
     ["prior", "--run-name", "no-such-run"],
     ["prior", "--checkpoint", "no/such/run"],
 ])
-def test_errors_are_one_line(tmp_path, monkeypatch, flags):
-    # in this process, to keep the test quick: what utils.main would print is the SystemExit's message
+def test_errors_are_one_line(tmp_path, monkeypatch, capsys, flags):
+    # in this process, to keep the test quick
     import sample
     out = tmp_path / "x.png"
     monkeypatch.chdir(ROOT)
     monkeypatch.setattr(sys, "argv", ["sample.py", *map(str, flags), "--out", str(out)])
     with pytest.raises(SystemExit) as exit:
         utils.main(sample.main)
-    assert isinstance(exit.value.code, str) and len(exit.value.code.splitlines()) == 1  # a message, so exit status 1
+    assert exit.value.code == 1
+    err = capsys.readouterr().err
+    assert err.endswith("\n") and len(err.splitlines()) == 1 and "error" in err
     assert not out.exists()
 
 

@@ -4,6 +4,7 @@ A run lives in RUNS_DIR/MODEL/RUN_NAME/ (MODEL is VAE or CVAE): run.json (the fl
 was started with and when), TensorBoard's event files, and checkpoint.pt.
 """
 import argparse
+import ctypes
 import glob
 import json
 import os
@@ -92,6 +93,7 @@ def exit_with(line):
 
 def main(function):
     """Run a script's main function; a user's mistake becomes one line on stderr and a non-zero exit."""
+    reuse_freed_memory()
     try:
         function()
     except (UserError, OSError, ValueError) as e:
@@ -100,6 +102,22 @@ def main(function):
         exit_with("error: out of memory on the device; lower --batch-size (or the number of images or samples at once)")
     except KeyboardInterrupt:
         exit_with("interrupted")
+
+
+def reuse_freed_memory():
+    """Have glibc's malloc keep freed blocks of up to 32 MB for reuse rather than give them back to the system.
+
+    By default a block over 128 KB is mapped fresh from the system each time, and the page faults of first
+    writing it are paid again: each training step's new weight gradients (800 KB) made the decoder's
+    weight-gradient matmul run at half speed, about a tenth of a float32 CPU epoch. Numbers are unchanged.
+    Nothing happens where the C library is not glibc (macOS, Windows, musl)."""
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    mallopt(M_MMAP_THRESHOLD, 32 * 2**20)  # glibc's largest allowed value
+    mallopt(M_TRIM_THRESHOLD, 2**30)  # keep up to 1 GB of free memory at the top of the heap
 
 
 # --- devices --------------------------------------------------------------------------------------

@@ -148,8 +148,9 @@ def native_bf16(device):
     """Whether this device multiplies bfloat16 natively; elsewhere bfloat16 is emulated, and slower than float32."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
-    if device.type == "cpu":
-        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    if device.type == "cpu":  # ATEN_CPU_CAPABILITY=avx2 (and the like) turns AVX-512 off, and bfloat16 with it
+        has_avx512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+        return has_avx512 and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     return False
 
 

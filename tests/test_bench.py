@@ -71,3 +71,13 @@ def test_profile_times_the_same_batches_both_ways(monkeypatch):
     profiled, epoch, bare = seen
     assert profiled[1] and not epoch[1] and not bare[1]
     assert torch.equal(profiled[0], epoch[0]) and torch.equal(epoch[0], bare[0])
+
+
+def test_bfloat16_is_not_native_where_avx512_is_turned_off(monkeypatch):
+    # ATEN_CPU_CAPABILITY=avx2 runs a CPU's AVX2 code paths, as a CPU without AVX-512 would: bfloat16 is emulated there
+    import utils
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert utils.native_bf16(torch.device("cpu"))
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert not utils.native_bf16(torch.device("cpu"))

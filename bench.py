@@ -2,8 +2,8 @@
 
 First the roofline: the FLOPs of an epoch of `python train.py` (from the model's layer
 shapes), the rate of this machine's matrix products (float32, and bfloat16 where native),
-measured in the same run, and the fraction of that rate which whole train.py epochs reach
-(training, test pass, pictures and checkpoint: the epoch seconds it logs). Then it
+measured in the same run before and after the epochs, and the fraction of each which whole
+train.py epochs reach (training, test pass, pictures and checkpoint: the epoch seconds it logs). Then it
 times one training epoch of train.py's pipeline (all 60,000 images held in one tensor,
 each batch taken by indexing it) and of the classic torchvision pipeline
 (datasets.MNIST with transforms.ToTensor through a DataLoader, as pytorch/examples
@@ -133,11 +133,14 @@ def roofline(model_name, device, cli, bf16, n_train, n_test):
         print(f"matmul peak, {name}: {peaks[name] / 1e9:.1f} GFLOP/s (2048 x 2048 x 2048); {shape / 1e9:.1f} GFLOP/s "
               f"({cli.batch_size} x 784 x 256)")
     seconds = train_py_epochs(model_name, cli.device, bf16, cli.batch_size, cli.limit, 1 + cli.repeats)[1:]  # the first warms up
+    # measured again after the epochs: on a shared machine the rate drifts, and the two show by how much
+    after = {name: matmul_rate(getattr(torch, name), device) for name in peaks}
+    print("matmul peak again after the epochs: " + ", ".join(f"{name} {rate / 1e9:.1f} GFLOP/s" for name, rate in after.items()))
     epoch = statistics.median(seconds)
-    fractions = ", ".join(f"{epoch_flops / epoch / rate:.0%} of the {name} peak" for name, rate in peaks.items())
+    fractions = ", ".join(f"{epoch_flops / epoch / rate:.0%} of the {name} peak ({epoch_flops / epoch / after[name]:.0%} of it after)"
+                          for name, rate in peaks.items())
     print(f"python {SCRIPTS[model_name]} --{'' if bf16 else 'no-'}bf16: {epoch:.2f} s per epoch "
           f"(median of {', '.join(f'{s:.2f}' for s in seconds)}), {epoch_flops / epoch / 1e9:.1f} GFLOP/s: {fractions}")
-
 
 def time_epochs(name, make_batches, model_name, args, device, steps, repeats):
     """Train `repeats` epochs from fresh weights; returns the seconds of each and the peak memory."""

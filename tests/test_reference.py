@@ -161,3 +161,17 @@ def test_the_speed_table_is_what_bench_printed():
         assert round(float(re.search(r"^matmul peak, float32: ([\d.]+) GFLOP/s", out, re.M)[1])) == int(before), name
         m = re.search(r"^matmul peak again after the epochs: float32 ([\d.]+) GFLOP/s", out, re.M)
         assert (m and str(round(float(m[1])))) == (after or None), name
+
+
+def test_the_readme_python_example_runs(monkeypatch):
+    """The README's Python example, pasted as it is, runs on the committed checkpoint and gives what its comments say."""
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    blocks = re.findall(r"^```python\n(.*?)^```", text, re.M | re.S)
+    assert len(blocks) == 1, blocks
+    monkeypatch.chdir(ROOT)
+    scope = {}
+    exec(compile(blocks[0], "README.md", "exec"), scope)
+    assert scope["model"].training is False and scope["images"].shape == (16, 784)
+    assert scope["logits"].shape == (10000, 784) and 0 < scope["images"].min() and scope["images"].max() < 1
+    # one z per image, from the global generator: the logged test loss of that run, up to the noise of one draw
+    assert abs(scope["loss"].item() - json.load(open(os.path.join(ROOT, "runs", "reference.json")))["VAE"]["test_loss"]) < 0.2

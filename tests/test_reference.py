@@ -146,21 +146,22 @@ def test_literature_checkpoint_gives_its_test_loss(run_name):
     assert printed(test_elbo, 2) == printed(literature()[run_name]["test_loss"], 2) == printed(checkpoint["test_loss"], 2)
 
 
-SPEED_ROW = re.compile(r"^\| [^|]*\(`([\w.-]+\.txt)`\) \| ([\d.]+) s \| (\d+)(?: GFLOP/s / –| / (\d+) GFLOP/s) \| (\d+) %(?: of float32)?(?: / (\d+) %)? \|$", re.M)
+SPEED_ROW = re.compile(r"^\| [^|]*\(`([\w.-]+\.txt)`\) \| ([\d.]+) s \| (\d+)(?: GFLOP/s / –| / (\d+) GFLOP/s) \| (\d+) %(?: / (\d+) %)?(?: of float32)? \|$", re.M)
 
 
 def test_the_speed_table_is_what_bench_printed():
     """Each row of the README's speed table: the epoch seconds, float32 peaks and fractions of the bench.py output it names."""
     text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
     rows = SPEED_ROW.findall(text[text.index("## Speed"):])
-    assert len(rows) == 4, rows
+    assert len(rows) == 5, rows
     for name, seconds, before, after, fraction, fraction_after in rows:
         out = open(os.path.join(ROOT, "runs", name), encoding="utf-8").read()
         m = re.search(r"^python train.py --(?:no-)?bf16: ([\d.]+) s per epoch .*?: (\d+)% of the float32 peak(?: \((\d+)% of it after\))?", out, re.M)
         assert m and m[1] == seconds and m[2] == fraction and m[3] == (fraction_after or None), (name, m and m.groups())
-        assert round(float(re.search(r"^matmul peak, float32: ([\d.]+) GFLOP/s", out, re.M)[1])) == int(before), name
+        # the README rounds the printed GFLOP/s to whole numbers
+        assert abs(float(re.search(r"^matmul peak, float32: ([\d.]+) GFLOP/s", out, re.M)[1]) - int(before)) <= 0.5, name
         m = re.search(r"^matmul peak again after the epochs: float32 ([\d.]+) GFLOP/s", out, re.M)
-        assert (m and str(round(float(m[1])))) == (after or None), name
+        assert bool(m) == bool(after) and (not m or abs(float(m[1]) - int(after)) <= 0.5), name
 
 
 def test_the_readme_python_example_runs(monkeypatch):

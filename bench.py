@@ -3,13 +3,13 @@
 First the roofline: the FLOPs of an epoch of `python train.py` (from the model's layer
 shapes), the rate of this machine's matrix products (float32, and bfloat16 where native),
 measured in the same run before and after the epochs, and the fraction of each which whole
-train.py epochs reach (training, test pass, pictures and checkpoint: the epoch seconds it logs). Then it
-times one training epoch of train.py's pipeline (all 60,000 images held in one tensor,
-each batch taken by indexing it) and of the classic torchvision pipeline
-(datasets.MNIST with transforms.ToTensor through a DataLoader, as pytorch/examples
-does), with the same model, optimizer, loop and batch size, in this process, one after
-the other, --repeats times each. It prints seconds per epoch, images per second, the
-ratio, and the peak memory of each.
+train.py epochs reach (training, test pass, pictures and checkpoint: the epoch seconds it
+logs). Then it times one training epoch of train.py's pipeline (all 60,000 images held in
+one tensor, each batch taken by indexing it) and of the classic torchvision pipeline
+(datasets.MNIST with transforms.ToTensor through a DataLoader, as pytorch/examples does),
+with the same model, optimizer, loop and batch size, in this process, one after the other,
+--repeats times each. It prints seconds per epoch, images per second, the ratio, and the
+peak memory of each.
   --profile  also profiles an epoch (torch.profiler), and times an epoch against forward
              and backward alone on the same batches
   --full     also times the whole default recipe of both scripts, start-up included
@@ -141,6 +141,7 @@ def roofline(model_name, device, cli, bf16, n_train, n_test):
                           for name, rate in peaks.items())
     print(f"python {SCRIPTS[model_name]} --{'' if bf16 else 'no-'}bf16: {epoch:.2f} s per epoch "
           f"(median of {', '.join(f'{s:.2f}' for s in seconds)}), {epoch_flops / epoch / 1e9:.1f} GFLOP/s: {fractions}")
+
 
 def time_epochs(name, make_batches, model_name, args, device, steps, repeats):
     """Train `repeats` epochs from fresh weights; returns the seconds of each and the peak memory."""

@@ -20,9 +20,13 @@ RUNS = [("VAE", "reference"), ("CVAE", "reference"), ("VAE", "binarized"), ("CVA
 ROW = re.compile(r"^\| (VAE|CVAE) \| [^|]+ \| `runs/(VAE|CVAE)/(\w+)` \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) ± ([\d.]+) \|", re.MULTILINE)
 
 
+def readme():
+    return open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+
+
 def readme_rows():
     """{(model, run): (−ELBO, IWAE, exact, seed mean, seed sd)} from the README's results table."""
-    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    text = readme()
     rows = {(m[1], m[3]): tuple(float(v) for v in m.groups()[3:]) for m in ROW.finditer(text)}
     assert set(rows) == set(RUNS), f"README's results table has rows for {sorted(rows)}"
     return rows
@@ -126,7 +130,7 @@ def test_literature_json_has_every_run_and_its_bounds_are_in_order():
 
 
 def test_readme_literature_table_is_the_json():
-    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    text = readme()
     rows = {m[1]: m.groups()[1:] for m in LITERATURE_ROW.finditer(text)}
     assert set(rows) == set(LITERATURE), f"README's literature table has rows for {sorted(rows)}"
     for name, r in literature().items():
@@ -151,7 +155,7 @@ SPEED_ROW = re.compile(r"^\| [^|]*\(`([\w.-]+\.txt)`\) \| ([\d.]+) s \| (\d+)(?:
 
 def test_the_speed_table_is_what_bench_printed():
     """Each row of the README's speed table: the epoch seconds, float32 peaks and fractions of the bench.py output it names."""
-    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    text = readme()
     rows = SPEED_ROW.findall(text[text.index("## Speed"):])
     assert len(rows) == 5, rows
     for name, seconds, before, after, fraction, fraction_after in rows:
@@ -166,7 +170,7 @@ def test_the_speed_table_is_what_bench_printed():
 
 def test_the_readme_python_example_runs(monkeypatch):
     """The README's Python example, pasted as it is, runs on the committed checkpoint and gives what its comments say."""
-    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    text = readme()
     blocks = re.findall(r"^```python\n(.*?)^```", text, re.M | re.S)
     assert len(blocks) == 1, blocks
     monkeypatch.chdir(ROOT)

@@ -40,6 +40,8 @@ DEFAULTS = dict(
     lr_step_size=0,  # the original's StepLR: multiply the lr by --lr-gamma every this many steps (0: off)
     lr_gamma=0.5,
     weight_decay=0.0,
+    beta=1.0,  # weight of the KLD in the objective that is optimised (1: the ELBO)
+    kl_warmup_epochs=0.0,  # the KLD's weight rises linearly from 0 to --beta over this many epochs (0: off)
     ema=0.0,  # evaluate and sample an exponential moving average of the weights with this decay (0: off)
     bf16="auto",  # bfloat16 matrix products in training (autocast); auto: where the hardware has them natively
     binarize="none",  # none: the grey levels, as the original; dynamic: each pixel drawn as Bernoulli(grey) each epoch
@@ -77,6 +79,10 @@ def command_line(model_name, defaults, argv=None):
     p.add_argument("--lr-step-size", type=number(int, low_ok=True), help="the original's StepLR instead of the schedule: decay the lr every N optimizer steps; 0 is off")
     p.add_argument("--lr-gamma", type=number(float), help="StepLR's decay factor")
     p.add_argument("--weight-decay", type=number(float, low_ok=True), help="AdamW's decoupled weight decay")
+    p.add_argument("--beta", type=number(float, low_ok=True), help="weight of the KLD in the objective optimised (1: the ELBO); "
+                                                                    "the logged and reported loss stays the -ELBO, BCE + KLD")
+    p.add_argument("--kl-warmup-epochs", type=number(float, low_ok=True), help="raise the KLD's weight linearly from 0 to --beta over "
+                                                                               "this many epochs (KL warm-up; 0 is off)")
     p.add_argument("--ema", type=number(float, low_ok=True, high=1), help="decay of the weight average that is evaluated and sampled; 0 is off")
     p.add_argument("--bf16", action="store_true", help="train with bfloat16 matrix products (autocast); evaluation and samples stay float32; "
                                                        "auto: on where the hardware multiplies bfloat16 natively (CPUs with AVX512-BF16 or AMX, NVIDIA GPUs from Ampere on)")
@@ -140,6 +146,15 @@ def learning_rate(args, epoch, step, steps_per_epoch):
     return args.lr
 
 
+def kl_weight(args, epoch, step, steps_per_epoch):
+    """The KLD's weight at step `step` of epoch `epoch` (both from 0): --beta, reached linearly from 0 at the end of
+    epoch --kl-warmup-epochs. Like the learning rate, a function of how far training has got, so a resume continues it."""
+    done = epoch + (step + 1) / steps_per_epoch  # epochs done after this step
+    if done >= args.kl_warmup_epochs:
+        return args.beta
+    return args.beta * done / args.kl_warmup_epochs
+
+
 def batches(images, labels, order, batch_size, rank=0, world=1):
     """(x, y) for each optimizer step: consecutive slices of `order`, this process's share of each
     (a last batch smaller than the number of processes is dropped: every share must hold an image)."""
@@ -148,8 +163,9 @@ def batches(images, labels, order, batch_size, rank=0, world=1):
         yield images[index], labels[index]
 
 
-def train_epoch(model, optimizer, lr_at, average, batches, bf16=False, generator=None, desc="", total=None, show=True):
-    """One pass over `batches`, step i at learning rate lr_at(i); returns the sums [bce, kld, images] and the last learning rate."""
+def train_epoch(model, optimizer, lr_at, average, batches, bf16=False, generator=None, desc="", total=None, show=True, beta_at=None):
+    """One pass over `batches`, step i at learning rate lr_at(i), minimising BCE + beta_at(i) * KLD (default: the -ELBO);
+    returns the sums [bce, kld, images, objective], the last learning rate and the last KLD weight."""
     model.train()
     sums = None
     bar = tqdm(batches, desc=desc, total=total, leave=False, disable=None if show else True)  # None: only on a terminal
@@ -157,6 +173,8 @@ def train_epoch(model, optimizer, lr_at, average, batches, bf16=False, generator
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
             logits, mu, logvar = model(x, y, generator)  # the VAE ignores y
         loss, bce, kld = loss_function(logits, x, mu, logvar)
+        beta = beta_at(step) if beta_at else 1.0
+        objective = loss if beta == 1.0 else bce + beta * kld
         check = loss.detach().clone()
         if dist.is_initialized():  # a non-finite loss in any process stops every process, with the same message
             dist.all_reduce(check)
@@ -166,15 +184,15 @@ def train_epoch(model, optimizer, lr_at, average, batches, bf16=False, generator
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        objective.backward()
         optimizer.step()
         if average:
             average.update_parameters(model)  # under DDP, model.parameters() are the wrapped model's
-        batch_sums = torch.stack([bce.detach(), kld.detach(), torch.ones_like(bce)]) * len(x)
+        batch_sums = torch.stack([bce.detach(), kld.detach(), torch.ones_like(bce), objective.detach()]) * len(x)
         sums = batch_sums if sums is None else sums + batch_sums
         if step % 50 == 0:
             bar.set_postfix(loss=f"{(sums[0] + sums[1]).item() / sums[2].item():.2f}")
-    return sums, lr
+    return sums, lr, beta
 
 
 def open_run(model_name, defaults, given):
@@ -327,9 +345,10 @@ def run_training(model_name, args, record, checkpoint, run_dir, device, rank, wo
                 images = binarize(train_x, torch.Generator(device).manual_seed(epoch_seed(args.seed, epoch, 1)))
             order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(epoch_seed(args.seed, epoch, 0))).to(device)
             noise_generator = torch.Generator(device).manual_seed(epoch_seed(args.seed, epoch, 2 + rank))
-            sums, lr = train_epoch(step_model, optimizer, lambda step: learning_rate(args, epoch, step, steps_per_epoch), average,
-                                   batches(images, train_y, order, args.batch_size, rank, world), bf16, noise_generator,
-                                   desc=f"epoch {epoch + 1}/{args.epochs}", total=steps_per_epoch, show=master)
+            sums, lr, beta = train_epoch(step_model, optimizer, lambda step: learning_rate(args, epoch, step, steps_per_epoch), average,
+                                         batches(images, train_y, order, args.batch_size, rank, world), bf16, noise_generator,
+                                         desc=f"epoch {epoch + 1}/{args.epochs}", total=steps_per_epoch, show=master,
+                                         beta_at=lambda step: kl_weight(args, epoch, step, steps_per_epoch))
             # evaluate.py repeats this test loss with the same generator
             test_sums = loss_sums(tested, test_x[rank::world], test_y[rank::world], torch.Generator(device).manual_seed(args.seed + rank))
             val_sums = loss_sums(tested, val_x[rank::world], val_y[rank::world], torch.Generator(device).manual_seed(args.seed + rank))
@@ -338,7 +357,7 @@ def run_training(model_name, args, record, checkpoint, run_dir, device, rank, wo
                     dist.all_reduce(tensor)
             if master:
                 log_epoch(writer, tested, epoch, sums, test_sums / len(test_x), val_sums / max(len(val_x), 1) if args.val else None,
-                          lr, noise, test_x, test_y, grid_dir)
+                          lr, beta, noise, test_x, test_y, grid_dir)
                 state = {"model": model_name, "args": vars(args), "epoch": epoch, "weights": tested.state_dict(),
                          "optimizer_state": optimizer.state_dict(), "test_loss": test_sums.sum().item() / len(test_x)}
                 if args.val:
@@ -381,10 +400,11 @@ def resume_command(model_name, args):
 
 
 @torch.no_grad()
-def log_epoch(writer, model, epoch, sums, test_means, val_means, lr, noise, test_x, test_y, grid_dir):
-    """The epoch's scalars and pictures to TensorBoard, and its sample grid to GRID_DIR/NNN.png."""
+def log_epoch(writer, model, epoch, sums, test_means, val_means, lr, beta, noise, test_x, test_y, grid_dir):
+    """The epoch's scalars and pictures to TensorBoard, and its sample grid to GRID_DIR/NNN.png.
+    Every loss is the -ELBO, BCE + KLD; train/objective is what was minimised, BCE + beta * KLD."""
     means = {"train": sums[:2] / sums[2], "test": test_means, **({"val": val_means} if val_means is not None else {})}
-    scalars = {"lr": lr}
+    scalars = {"lr": lr, "beta": beta, "train/objective": sums[3].item() / sums[2].item()}
     for split, (bce, kld) in means.items():
         scalars.update({f"{split}/bce": bce.item(), f"{split}/kld": kld.item(), f"{split}/loss": bce.item() + kld.item()})
     for tag, value in scalars.items():

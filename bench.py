@@ -14,6 +14,7 @@ peak memory of each.
              and backward alone on the same batches
   --full     also times the whole default recipe of both scripts, start-up included
 """
+
 import argparse
 import os
 import platform
@@ -33,7 +34,8 @@ from torchvision import datasets, transforms
 import utils
 from mnist import load_mnist
 from models import MODELS, loss_function
-from train import DEFAULTS as TRAIN_DEFAULTS, SCRIPTS, batches, build, learning_rate, train_epoch
+from train import DEFAULTS as TRAIN_DEFAULTS
+from train import SCRIPTS, batches, build, learning_rate, train_epoch
 
 DEFAULTS = dict(
     model="VAE",
@@ -109,11 +111,28 @@ def train_py_epochs(model_name, device_name, bf16, batch_size, limit, epochs):
     """The seconds of each epoch of a real `python train.py` run (training, test pass, pictures, checkpoint), as it logs them."""
     script = SCRIPTS[model_name]
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, script, "--device", device_name, "--bf16" if bf16 else "--no-bf16", "--epochs", str(epochs),
-               "--batch-size", str(batch_size), "--run-name", "bench", "--runs-dir", tmp, "--out-dir", tmp]
+        cmd = [
+            sys.executable,
+            script,
+            "--device",
+            device_name,
+            "--bf16" if bf16 else "--no-bf16",
+            "--epochs",
+            str(epochs),
+            "--batch-size",
+            str(batch_size),
+            "--run-name",
+            "bench",
+            "--runs-dir",
+            tmp,
+            "--out-dir",
+            tmp,
+        ]
         cmd += ["--limit", str(limit)] if limit else []
         if subprocess.run(cmd, stdout=subprocess.DEVNULL, cwd=os.path.dirname(os.path.abspath(__file__))).returncode:
-            raise utils.UserError(f"python {script} failed (its error is above); the roofline times its epochs, so fix that first")
+            raise utils.UserError(
+                f"python {script} failed (its error is above); the roofline times its epochs, so fix that first"
+            )
         events = EventAccumulator(os.path.join(tmp, model_name, "bench"))
         events.Reload()
         return [e.value for e in events.Scalars("time/epoch_seconds")]
@@ -123,24 +142,39 @@ def roofline(model_name, device, cli, bf16, n_train, n_test):
     """Print the epoch's FLOPs, the measured matmul rates and the fraction of them that train.py's epochs reach."""
     train_flops, test_flops = flops_per_image(MODELS[model_name]())
     epoch_flops = train_flops * n_train + test_flops * n_test
-    print(f"an epoch: {epoch_flops / 1e9:.1f} GFLOP in matrix products (training {train_flops / 1e6:.2f} MFLOP per image x {n_train}, "
-          f"test {test_flops / 1e6:.2f} MFLOP x {n_test})")
+    print(
+        f"an epoch: {epoch_flops / 1e9:.1f} GFLOP in matrix products (training {train_flops / 1e6:.2f} MFLOP per image x {n_train}, "
+        f"test {test_flops / 1e6:.2f} MFLOP x {n_test})"
+    )
     peaks = {}
     for dtype in (torch.float32, torch.bfloat16) if utils.native_bf16(device) else (torch.float32,):
         name = str(dtype).removeprefix("torch.")
         peaks[name] = matmul_rate(dtype, device)
-        shape = matmul_rate(dtype, device, cli.batch_size, 256, 784)  # the model's own shape: a batch through a 784 x 256 layer
-        print(f"matmul peak, {name}: {peaks[name] / 1e9:.1f} GFLOP/s (2048 x 2048 x 2048); {shape / 1e9:.1f} GFLOP/s "
-              f"({cli.batch_size} x 784 x 256)")
-    seconds = train_py_epochs(model_name, cli.device, bf16, cli.batch_size, cli.limit, 1 + cli.repeats)[1:]  # the first warms up
+        shape = matmul_rate(
+            dtype, device, cli.batch_size, 256, 784
+        )  # the model's own shape: a batch through a 784 x 256 layer
+        print(
+            f"matmul peak, {name}: {peaks[name] / 1e9:.1f} GFLOP/s (2048 x 2048 x 2048); {shape / 1e9:.1f} GFLOP/s "
+            f"({cli.batch_size} x 784 x 256)"
+        )
+    seconds = train_py_epochs(model_name, cli.device, bf16, cli.batch_size, cli.limit, 1 + cli.repeats)[
+        1:
+    ]  # the first warms up
     # measured again after the epochs: on a shared machine the rate drifts, and the two show by how much
     after = {name: matmul_rate(getattr(torch, name), device) for name in peaks}
-    print("matmul peak again after the epochs: " + ", ".join(f"{name} {rate / 1e9:.1f} GFLOP/s" for name, rate in after.items()))
+    print(
+        "matmul peak again after the epochs: "
+        + ", ".join(f"{name} {rate / 1e9:.1f} GFLOP/s" for name, rate in after.items())
+    )
     epoch = statistics.median(seconds)
-    fractions = ", ".join(f"{epoch_flops / epoch / rate:.0%} of the {name} peak ({epoch_flops / epoch / after[name]:.0%} of it after)"
-                          for name, rate in peaks.items())
-    print(f"python {SCRIPTS[model_name]} --{'' if bf16 else 'no-'}bf16: {epoch:.2f} s per epoch "
-          f"(median of {', '.join(f'{s:.2f}' for s in seconds)}), {epoch_flops / epoch / 1e9:.1f} GFLOP/s: {fractions}")
+    fractions = ", ".join(
+        f"{epoch_flops / epoch / rate:.0%} of the {name} peak ({epoch_flops / epoch / after[name]:.0%} of it after)"
+        for name, rate in peaks.items()
+    )
+    print(
+        f"python {SCRIPTS[model_name]} --{'' if bf16 else 'no-'}bf16: {epoch:.2f} s per epoch "
+        f"(median of {', '.join(f'{s:.2f}' for s in seconds)}), {epoch_flops / epoch / 1e9:.1f} GFLOP/s: {fractions}"
+    )
 
 
 def time_epochs(name, make_batches, model_name, args, device, steps, repeats):
@@ -153,7 +187,9 @@ def time_epochs(name, make_batches, model_name, args, device, steps, repeats):
     for _ in range(repeats):
         synchronize(device)
         t0 = time.perf_counter()
-        train_epoch(model, optimizer, lr_at, average, make_batches(), args.bf16, generator=generator, desc=name, total=steps)
+        train_epoch(
+            model, optimizer, lr_at, average, make_batches(), args.bf16, generator=generator, desc=name, total=steps
+        )
         synchronize(device)
         seconds.append(time.perf_counter() - t0)
     return seconds, peak_memory_mb(device)
@@ -166,20 +202,36 @@ def main():
     p.add_argument("--repeats", type=utils.number(int), help="epochs timed per pipeline")
     utils.add_device_flag(p)
     utils.add_data_flag(p)
-    p.add_argument("--limit", type=utils.number(int), help="train on the first N training images only (default: all 60,000)")
-    p.add_argument("--bf16", action="store_true", help="bfloat16 matrix products (autocast); auto: where the hardware has them natively")
+    p.add_argument(
+        "--limit", type=utils.number(int), help="train on the first N training images only (default: all 60,000)"
+    )
+    p.add_argument(
+        "--bf16",
+        action="store_true",
+        help="bfloat16 matrix products (autocast); auto: where the hardware has them natively",
+    )
     p.add_argument("--no-bf16", dest="bf16", action="store_false", help="float32 throughout")
-    p.add_argument("--profile", action="store_true", help="profile an epoch, and time it against forward and backward alone")
-    p.add_argument("--full", action="store_true", help="time `python train.py` and `python train_CVAE.py` with their defaults")
+    p.add_argument(
+        "--profile", action="store_true", help="profile an epoch, and time it against forward and backward alone"
+    )
+    p.add_argument(
+        "--full", action="store_true", help="time `python train.py` and `python train_CVAE.py` with their defaults"
+    )
     p.set_defaults(bf16=None)
     cli, _ = utils.parse(p, DEFAULTS)
     device = utils.pick_device(cli.device)
     images, labels = load_mnist(cli.data_dir, train=True)
-    images, labels = images[:cli.limit], labels[:cli.limit]
+    images, labels = images[: cli.limit], labels[: cli.limit]
     bf16 = utils.use_bf16(cli.bf16, device)
     args = argparse.Namespace(**{**TRAIN_DEFAULTS, "batch_size": cli.batch_size, "bf16": bf16})
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    print(f"{cli.model}, {len(images)} images, batch size {cli.batch_size}, bfloat16 {args.bf16}, on {device} ({where}), torch {torch.__version__}")
+    where = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"{cli.model}, {len(images)} images, batch size {cli.batch_size}, bfloat16 {args.bf16}, on {device} ({where}), torch {torch.__version__}"
+    )
     steps = -(-len(images) // cli.batch_size)
     roofline(cli.model, device, cli, bf16, len(images), len(load_mnist(cli.data_dir, train=False)[0]))
 
@@ -190,15 +242,21 @@ def main():
     dataset = Subset(datasets.MNIST(cli.data_dir, train=True, transform=transforms.ToTensor()), range(len(images)))
     extra = {"num_workers": 1, "pin_memory": True} if device.type == "cuda" else {}  # as pytorch/examples/vae
     loader = DataLoader(dataset, batch_size=cli.batch_size, shuffle=True, **extra)
-    classic = lambda: ((x.view(len(x), -1).to(device, non_blocking=True), y.to(device, non_blocking=True)) for x, y in loader)
+    classic = lambda: (
+        (x.view(len(x), -1).to(device, non_blocking=True), y.to(device, non_blocking=True)) for x, y in loader
+    )
 
     results = {}
     for name, make_batches in (("train.py", ours), ("classic", classic)):
         seconds, memory = time_epochs(name, make_batches, cli.model, args, device, steps, cli.repeats)
         results[name] = statistics.median(seconds)
-        print(f"{name:9s} {results[name]:6.2f} s/epoch  {len(images) / results[name]:8.0f} images/s  peak memory {memory:6.0f} MB"
-              f"  (epochs: {', '.join(f'{s:.2f}' for s in seconds)})")
-    print(f"train.py's epoch is {results['classic'] / results['train.py']:.2f} times faster than the classic pipeline's")
+        print(
+            f"{name:9s} {results[name]:6.2f} s/epoch  {len(images) / results[name]:8.0f} images/s  peak memory {memory:6.0f} MB"
+            f"  (epochs: {', '.join(f'{s:.2f}' for s in seconds)})"
+        )
+    print(
+        f"train.py's epoch is {results['classic'] / results['train.py']:.2f} times faster than the classic pipeline's"
+    )
 
     if cli.profile:
         profile_epoch(cli.model, args, device, images_dev, labels_dev, cli.batch_size, steps)
@@ -213,15 +271,33 @@ def profile_epoch(model_name, args, device, images, labels, batch_size, steps):
     order = torch.randperm(len(images), device=device)  # one permutation for all three passes below
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
-        train_epoch(model, optimizer, lr_at, average, batches(images, labels, order, batch_size), args.bf16,
-                    generator=noise(args, device))
+        train_epoch(
+            model,
+            optimizer,
+            lr_at,
+            average,
+            batches(images, labels, order, batch_size),
+            args.bf16,
+            generator=noise(args, device),
+        )
         synchronize(device)
-    print(prof.key_averages().table(sort_by="self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total", row_limit=12))
+    print(
+        prof.key_averages().table(
+            sort_by="self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total", row_limit=12
+        )
+    )
 
     # the two timings, both outside the profiler and after the warm-up above, so that their ratio is fair
     t0 = time.perf_counter()
-    train_epoch(model, optimizer, lr_at, average, batches(images, labels, order, batch_size), args.bf16,
-                generator=noise(args, device))
+    train_epoch(
+        model,
+        optimizer,
+        lr_at,
+        average,
+        batches(images, labels, order, batch_size),
+        args.bf16,
+        generator=noise(args, device),
+    )
     synchronize(device)
     epoch = time.perf_counter() - t0
     # forward and backward alone: the same batches, taken out beforehand; no optimizer, no scheduler, no bookkeeping
@@ -236,7 +312,9 @@ def profile_epoch(model_name, args, device, images, labels, batch_size, steps):
         loss_function(logits, x, mu, logvar)[0].backward()
     synchronize(device)
     bare = time.perf_counter() - t0
-    print(f"an epoch: {epoch:.2f} s; forward and backward alone, on the same batches: {bare:.2f} s ({bare / epoch:.0%} of the epoch)")
+    print(
+        f"an epoch: {epoch:.2f} s; forward and backward alone, on the same batches: {bare:.2f} s ({bare / epoch:.0%} of the epoch)"
+    )
 
 
 def time_full_recipe(device):
@@ -244,11 +322,25 @@ def time_full_recipe(device):
     total = 0.0
     with tempfile.TemporaryDirectory() as tmp:
         for script in ("train.py", "train_CVAE.py"):
-            cmd = [sys.executable, script, "--device", device, "--run-name", "bench", "--runs-dir", os.path.join(tmp, "runs"),
-                   "--out-dir", os.path.join(tmp, script)]
+            cmd = [
+                sys.executable,
+                script,
+                "--device",
+                device,
+                "--run-name",
+                "bench",
+                "--runs-dir",
+                os.path.join(tmp, "runs"),
+                "--out-dir",
+                os.path.join(tmp, script),
+            ]
             t0 = time.perf_counter()
-            if subprocess.run(cmd, stdout=subprocess.DEVNULL, cwd=os.path.dirname(os.path.abspath(__file__))).returncode:
-                raise utils.UserError(f"python {script} failed (its error is above); --full times the default recipe, so fix that first")
+            if subprocess.run(
+                cmd, stdout=subprocess.DEVNULL, cwd=os.path.dirname(os.path.abspath(__file__))
+            ).returncode:
+                raise utils.UserError(
+                    f"python {script} failed (its error is above); --full times the default recipe, so fix that first"
+                )
             seconds = time.perf_counter() - t0
             total += seconds
             print(f"python {script} (default recipe): {seconds:.1f} s")

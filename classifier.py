@@ -5,6 +5,7 @@ conditioned on. Run as a script it trains the CNN on the 60,000 training images,
 prints its accuracy on the 10,000 test images and saves the weights to
 data/classifier.pt (about 1 MB, committed with the repo).
 """
+
 import math
 import os
 import time
@@ -56,9 +57,13 @@ def load_classifier(path="data/classifier.pt", device="cpu"):
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
-        raise FileNotFoundError(f"no classifier at {path}; pass another path, or run python classifier.py --out {path} to train one") from None
+        raise FileNotFoundError(
+            f"no classifier at {path}; pass another path, or run python classifier.py --out {path} to train one"
+        ) from None
     except Exception as e:
-        raise ValueError(f"{path} is not a readable classifier ({type(e).__name__}); it may be truncated or corrupt: {RETRAIN}") from None
+        raise ValueError(
+            f"{path} is not a readable classifier ({type(e).__name__}); it may be truncated or corrupt: {RETRAIN}"
+        ) from None
     model = Classifier()
     try:
         model.load_state_dict(state)
@@ -71,8 +76,10 @@ def load_classifier(path="data/classifier.pt", device="cpu"):
 def accuracy(model, images, labels, batch_size=1000):
     """Fraction of the images whose predicted digit is the label."""
     model.eval()
-    correct = sum((model(images[i:i + batch_size]).argmax(1) == labels[i:i + batch_size]).sum().item()
-                  for i in range(0, len(images), batch_size))
+    correct = sum(
+        (model(images[i : i + batch_size]).argmax(1) == labels[i : i + batch_size]).sum().item()
+        for i in range(0, len(images), batch_size)
+    )
     return correct / len(images)
 
 
@@ -96,16 +103,20 @@ def main():
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     steps_per_epoch = math.ceil(len(train_x) / args.batch_size)
     if args.epochs * steps_per_epoch < 20:  # the one-cycle schedule needs a warm-up of at least two steps
-        raise utils.UserError(f"--epochs {args.epochs} at --batch-size {args.batch_size} is only {args.epochs * steps_per_epoch} steps; "
-                              f"train for 20 or more: lower --batch-size or raise --epochs")
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=args.epochs * steps_per_epoch, pct_start=0.1)
+        raise utils.UserError(
+            f"--epochs {args.epochs} at --batch-size {args.batch_size} is only {args.epochs * steps_per_epoch} steps; "
+            f"train for 20 or more: lower --batch-size or raise --epochs"
+        )
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, args.lr, total_steps=args.epochs * steps_per_epoch, pct_start=0.1
+    )
     t0 = time.time()
     for epoch in range(args.epochs):
         model.train()
         order = torch.randperm(len(train_x)).to(device)
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{args.epochs}", leave=False)
         for step in bar:
-            index = order[step * args.batch_size:(step + 1) * args.batch_size]
+            index = order[step * args.batch_size : (step + 1) * args.batch_size]
             loss = F.cross_entropy(model(train_x[index]), train_y[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -113,7 +124,9 @@ def main():
             scheduler.step()
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
-        print(f"epoch {epoch + 1}/{args.epochs}  test accuracy {accuracy(model, test_x, test_y):.2%}  {time.time() - t0:.0f}s")
+        print(
+            f"epoch {epoch + 1}/{args.epochs}  test accuracy {accuracy(model, test_x, test_y):.2%}  {time.time() - t0:.0f}s"
+        )
     utils.save_atomic({k: v.cpu() for k, v in model.state_dict().items()}, args.out)
     print(f"test accuracy {accuracy(model, test_x, test_y):.2%} on {len(test_x)} images; saved to {args.out}")
 

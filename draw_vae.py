@@ -2,9 +2,11 @@
 
 Matplotlib only; no model or data needed.
 """
+
 import os
 
 import matplotlib
+
 matplotlib.use("Agg")  # files only, no window
 import matplotlib.pyplot as plt
 from matplotlib.patches import FancyBboxPatch, Polygon
@@ -16,8 +18,18 @@ DATA, ENCODER, LATENT, DECODER, LOSS = "#e8e8e8", "#cfe2f3", "#d9ead3", "#fce5cd
 
 
 def box(ax, x0, y0, x1, y1, text, colour, size=13, **kw):
-    ax.add_patch(FancyBboxPatch((x0, y0), x1 - x0, y1 - y0, boxstyle="round,pad=0.03,rounding_size=0.08",
-                                facecolor=colour, edgecolor="#444444", linewidth=1.2, **kw))
+    ax.add_patch(
+        FancyBboxPatch(
+            (x0, y0),
+            x1 - x0,
+            y1 - y0,
+            boxstyle="round,pad=0.03,rounding_size=0.08",
+            facecolor=colour,
+            edgecolor="#444444",
+            linewidth=1.2,
+            **kw,
+        )
+    )
     ax.text((x0 + x1) / 2, (y0 + y1) / 2, text, ha="center", va="center", fontsize=size)
 
 
@@ -29,7 +41,9 @@ def trapezoid(ax, x0, x1, left_half, right_half, y, text, colour):
 
 
 def arrow(ax, start, end, colour="#333333", style="-|>", **kw):
-    ax.annotate("", xy=end, xytext=start, arrowprops=dict(arrowstyle=style, color=colour, lw=1.5, shrinkA=0, shrinkB=0, **kw))
+    ax.annotate(
+        "", xy=end, xytext=start, arrowprops=dict(arrowstyle=style, color=colour, lw=1.5, shrinkA=0, shrinkB=0, **kw)
+    )
 
 
 def draw(path):
@@ -44,7 +58,15 @@ def draw(path):
     box(ax, 4.1, y - 0.85, 5.1, y - 0.35, "$\\log\\sigma^2$", LATENT, size=14)
     box(ax, 5.85, y - 0.4, 7.55, y + 0.4, "", LATENT)
     ax.text(6.7, y + 0.13, "$z = \\mu + \\sigma \\odot \\varepsilon$", fontsize=14, ha="center", va="center")
-    ax.text(6.7, y - 0.2, "$\\sigma = \\exp(\\frac{1}{2}\\log\\sigma^2)$", fontsize=11, ha="center", va="center", color="#555555")
+    ax.text(
+        6.7,
+        y - 0.2,
+        "$\\sigma = \\exp(\\frac{1}{2}\\log\\sigma^2)$",
+        fontsize=11,
+        ha="center",
+        va="center",
+        color="#555555",
+    )
     box(ax, 6.05, 0.45, 7.35, 0.95, "$\\varepsilon \\sim \\mathcal{N}(0, I)$", "white", size=13)
     trapezoid(ax, 8.1, 10.1, 0.55, 0.95, y, "decoder\n$p_\\theta(x\\,|\\,z)$\n2→256→784", DECODER)
     box(ax, 10.6, y - 0.5, 11.8, y + 0.5, "$\\hat{x}$\n784 pixel\nprobabilities", DATA, size=12)
@@ -65,12 +87,38 @@ def draw(path):
     arrow(ax, (0.7, y + 0.55), (0.7, top), LOSS, style="-", linestyle="--")
     arrow(ax, (11.2, y + 0.55), (11.2, top), LOSS, style="-", linestyle="--")
     arrow(ax, (0.7, top), (11.2, top), LOSS, style="-", linestyle="--")
-    ax.text(5.95, top, " reconstruction loss: $\\mathrm{BCE}(x, \\hat{x})$, summed over the 784 pixels ", fontsize=13,
-            ha="center", va="center", color=LOSS, bbox=dict(facecolor="white", edgecolor="none"))
-    ax.add_patch(FancyBboxPatch((3.95, y - 1.0), 1.3, 2.0, boxstyle="round,pad=0,rounding_size=0.1",
-                                facecolor="none", edgecolor=LOSS, linestyle="--", linewidth=1.3))
+    ax.text(
+        5.95,
+        top,
+        " reconstruction loss: $\\mathrm{BCE}(x, \\hat{x})$, summed over the 784 pixels ",
+        fontsize=13,
+        ha="center",
+        va="center",
+        color=LOSS,
+        bbox=dict(facecolor="white", edgecolor="none"),
+    )
+    ax.add_patch(
+        FancyBboxPatch(
+            (3.95, y - 1.0),
+            1.3,
+            2.0,
+            boxstyle="round,pad=0,rounding_size=0.1",
+            facecolor="none",
+            edgecolor=LOSS,
+            linestyle="--",
+            linewidth=1.3,
+        )
+    )
     arrow(ax, (4.6, y - 1.0), (4.6, 0.75), LOSS, style="-", linestyle="--")
-    ax.text(4.6, 0.5, "$\\mathrm{KL}(\\,q(z\\,|\\,x)\\;\\|\\;\\mathcal{N}(0, I)\\,)$", fontsize=13, ha="center", va="center", color=LOSS)
+    ax.text(
+        4.6,
+        0.5,
+        "$\\mathrm{KL}(\\,q(z\\,|\\,x)\\;\\|\\;\\mathcal{N}(0, I)\\,)$",
+        fontsize=13,
+        ha="center",
+        va="center",
+        color=LOSS,
+    )
     ax.text(9.95, 0.6, "loss = BCE + KL  (the negative ELBO)", fontsize=13, ha="center", va="center", color=LOSS)
 
     fig.savefig(path, dpi=100, facecolor="white")

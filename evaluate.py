@@ -14,6 +14,7 @@ For each model it prints, in nats per image (the mean over the images):
     classifier (classifier.py) labels as the digit they were conditioned on.
 A run trained on binarised images (--binarize dynamic) is measured on the binarised test set.
 """
+
 import json
 import math
 import time
@@ -37,11 +38,12 @@ DEFAULTS = dict(
     json=False,
     classifier="data/classifier.pt",
 )
-ROWS = 2 ** 22  # at most this many numbers in a working tensor (16 MB of float32): IWAE and integration chunks
+ROWS = 2**22  # at most this many numbers in a working tensor (16 MB of float32): IWAE and integration chunks
 MAX_RADIUS = 40.0  # exact_nll integrates |z| < 40; the prior puts exp(-800) beyond
 
 
 # --- the bounds ----------------------------------------------------------------------------------
+
 
 def log_bernoulli(logits, x):
     """log p(x|z) = sum_i x_i l_i - softplus(l_i): the negative BCE, summed over the pixels."""
@@ -61,11 +63,12 @@ def iwae_bounds(model, images, labels, k, generator, desc=None):
     # filled in place: a list of small tensors, one per chunk, fragments the heap until it holds gigabytes
     elbo = torch.empty(len(images), device=images.device, dtype=torch.float64)
     iwae = torch.empty(len(images), device=images.device, dtype=torch.float64)
-    chunks = tqdm(range(0, len(images), images_at_once), desc=desc, leave=False,
-                  disable=True if desc is None else None)  # None: shown on a terminal only
+    chunks = tqdm(
+        range(0, len(images), images_at_once), desc=desc, leave=False, disable=True if desc is None else None
+    )  # None: shown on a terminal only
     for i in chunks:
-        x = images[i:i + images_at_once]
-        y = labels[i:i + images_at_once] if model.conditional else None
+        x = images[i : i + images_at_once]
+        y = labels[i : i + images_at_once] if model.conditional else None
         mu, logvar = model.encode(x, y)
         sigma = torch.exp(0.5 * logvar)
         log_sum = torch.full((len(x),), -math.inf, device=x.device, dtype=torch.float64)
@@ -80,12 +83,13 @@ def iwae_bounds(model, images, labels, k, generator, desc=None):
             log_w = log_bernoulli(logits, x) + (0.5 * eps.square() - 0.5 * z.square() + 0.5 * logvar).sum(-1)
             log_sum = torch.logaddexp(log_sum, torch.logsumexp(log_w.double(), 0))
             total += log_w.double().sum(0)
-        elbo[i:i + len(x)] = -total / k
-        iwae[i:i + len(x)] = math.log(k) - log_sum
+        elbo[i : i + len(x)] = -total / k
+        iwae[i : i + len(x)] = math.log(k) - log_sum
     return elbo, iwae
 
 
 # --- -log p(x) by integration over the latent plane ---------------------------------------------
+
 
 def log_prior(z):
     """log N(z; 0, I)."""
@@ -111,7 +115,9 @@ def log_masses(log_likelihood, z, index, spacing):
 
 def segment_logsumexp(values, segment, n):
     """logsumexp of values grouped by segment id, for ids 0..n-1 (-inf where a segment is empty)."""
-    top = torch.full((n,), -math.inf, dtype=values.dtype, device=values.device).scatter_reduce(0, segment, values, "amax")
+    top = torch.full((n,), -math.inf, dtype=values.dtype, device=values.device).scatter_reduce(
+        0, segment, values, "amax"
+    )
     safe = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
     sums = torch.zeros_like(top).scatter_add(0, segment, torch.exp(values - safe[segment]))
     return safe + torch.log(sums)
@@ -132,8 +138,20 @@ def dilate(mask):
 
 
 @torch.inference_mode()
-def exact_nll(log_likelihood, n_images, max_log_likelihood=0.0, hints=None, tol=0.01, tile=0.5, cells=4,
-              threshold=30.0, refine=15.0, margin=20.0, max_level=8, device="cpu"):
+def exact_nll(
+    log_likelihood,
+    n_images,
+    max_log_likelihood=0.0,
+    hints=None,
+    tol=0.01,
+    tile=0.5,
+    cells=4,
+    threshold=30.0,
+    refine=15.0,
+    margin=20.0,
+    max_level=8,
+    device="cpu",
+):
     """-log p(x_i) = -log of the integral of p(x_i|z) N(z; 0, I) dz over the plane, for n_images images; z is 2-d.
 
     log_likelihood(z, index) -> (len(index), len(z)): log p(x_i|z_g) for the images `index` at the points z (G, 2).
@@ -161,7 +179,9 @@ def exact_nll(log_likelihood, n_images, max_log_likelihood=0.0, hints=None, tol=
     far = math.ceil(MAX_RADIUS / tile)
     a, b = torch.meshgrid(torch.arange(-far, far, device=device), torch.arange(-far, far, device=device), indexing="ij")
     lattice = torch.stack([a.flatten(), b.flatten()], 1)  # tile (a, b) has its lower-left corner at (a, b) * tile
-    nearest = torch.clamp(torch.maximum(-(lattice + 1), lattice), min=0).float().norm(dim=1) * tile  # of its points, to 0
+    nearest = (
+        torch.clamp(torch.maximum(-(lattice + 1), lattice), min=0).float().norm(dim=1) * tile
+    )  # of its points, to 0
     order = torch.argsort(nearest)
     lattice, nearest = lattice[order], nearest[order]
 
@@ -174,7 +194,7 @@ def exact_nll(log_likelihood, n_images, max_log_likelihood=0.0, hints=None, tol=
         if len(index) == 0:
             break
         count = max(1, min(256, ROWS // (len(index) * cells * cells)))
-        tiles = lattice[done:done + count]
+        tiles = lattice[done : done + count]
         masses = log_masses(log_likelihood, midpoints(tiles * tile, tile, cells), index, tile / cells)
         parts.append((done, index, masses))
         log_p[index] = torch.logaddexp(log_p[index], torch.logsumexp(masses.double(), 1))
@@ -193,10 +213,12 @@ def exact_nll(log_likelihood, n_images, max_log_likelihood=0.0, hints=None, tol=
     for c in range(0, n_images, chunk):
         ids = torch.arange(c, min(c + chunk, n_images), device=device)
         tile_mass = torch.full((len(ids), side * side), -math.inf, device=device)
-        reached = torch.zeros((len(ids), side * side), dtype=torch.bool, device=device)  # not reached: beyond the radius
+        reached = torch.zeros(
+            (len(ids), side * side), dtype=torch.bool, device=device
+        )  # not reached: beyond the radius
         for start, index, masses in parts:
             rows = (index >= c) & (index < c + len(ids))
-            cols = column[start:start + masses.shape[1]]
+            cols = column[start : start + masses.shape[1]]
             tile_mass[(index[rows] - c)[:, None], cols] = masses[rows]
             reached[(index[rows] - c)[:, None], cols] = True
         held = tile_mass >= (log_p[ids] - threshold).float()[:, None]
@@ -210,7 +232,10 @@ def exact_nll(log_likelihood, n_images, max_log_likelihood=0.0, hints=None, tol=
         image, t = active.nonzero(as_tuple=True)
         pairs.append((image + c, t))
     del parts
-    image, t = torch.cat([i for i, _ in pairs]), torch.cat([t for _, t in pairs])  # the squares to refine: a row per (image, square)
+    image, t = (
+        torch.cat([i for i, _ in pairs]),
+        torch.cat([t for _, t in pairs]),
+    )  # the squares to refine: a row per (image, square)
     square = torch.stack([t // side - k, t % side - k], 1)  # lower-left corner, in units of the level's side
 
     level = torch.zeros(n_images, dtype=torch.long, device=device)
@@ -218,7 +243,7 @@ def exact_nll(log_likelihood, n_images, max_log_likelihood=0.0, hints=None, tol=
     for lvl in range(1, max_level + 1):
         if len(image) == 0:
             break
-        size = tile / 2 ** lvl
+        size = tile / 2**lvl
         image = image.repeat_interleave(4)
         square = (2 * square[:, None, :] + torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1]], device=device)).view(-1, 2)
         # blocks of at most 4 x 4 squares share one log_likelihood call: the images of a block times its squares' points
@@ -257,6 +282,7 @@ def model_log_likelihood(model, images, labels):
     It is linear in x, so all images at all points are one matmul, X (M, 784) @ L^T (784, G)
     minus the row sums of softplus(L), with L the logits at the G points (decoded once per digit for a CVAE).
     """
+
     def log_likelihood(z, index):
         x = images[index]
         if not model.conditional:
@@ -269,6 +295,7 @@ def model_log_likelihood(model, images, labels):
             logits = model.decode_logits(z, torch.full((len(z),), digit, device=z.device)).float()
             out[rows] = x[rows] @ logits.T - softplus(logits).sum(1)
         return out
+
     return log_likelihood
 
 
@@ -280,11 +307,18 @@ def max_log_bernoulli(images):
 @torch.inference_mode()
 def model_exact_nll(model, images, labels, **kw):
     """exact_nll for a trained 2-d model on these images; q(z|x)'s means are the hints."""
-    return exact_nll(model_log_likelihood(model, images, labels), len(images), max_log_bernoulli(images),
-                     encode_means(model, images, labels), device=images.device, **kw)
+    return exact_nll(
+        model_log_likelihood(model, images, labels),
+        len(images),
+        max_log_bernoulli(images),
+        encode_means(model, images, labels),
+        device=images.device,
+        **kw,
+    )
 
 
 # --- the CVAE's samples, checked by the classifier -------------------------------------------------
+
 
 @torch.inference_mode()
 def label_agreement(model, classifier, n, generator):
@@ -300,6 +334,7 @@ def label_agreement(model, classifier, n, generator):
 
 # --- the script --------------------------------------------------------------------------------
 
+
 def load_test_images(data_dir, binarized, limit, device):
     images, labels = load_mnist(data_dir, train=False, binarized=binarized)
     return images[:limit].to(device), labels[:limit].to(device)
@@ -312,41 +347,75 @@ def evaluate_one(path, model, checkpoint, args, device, classifier):
     generator = torch.Generator(device).manual_seed(checkpoint["args"]["seed"])  # the noise of train.py's test loss
     bce, kld = (loss_sums(model, x, y, generator) / len(x)).tolist()
     # each measurement draws from its own generator, so that one does not change with another's --k or --limit
-    _, iwae = iwae_bounds(model, x, y, args.k, torch.Generator(device).manual_seed(args.seed), f"{checkpoint['model']} IWAE k={args.k}")
-    r = {"checkpoint": path, "epochs": checkpoint["epoch"] + 1, "binarized": binarized, "n_images": len(x),
-         "test_loss": bce + kld, "test_bce": bce, "test_kld": kld, "logged_test_loss": checkpoint["test_loss"],
-         "iwae_nll": iwae.mean().item(), "k": args.k}
+    _, iwae = iwae_bounds(
+        model, x, y, args.k, torch.Generator(device).manual_seed(args.seed), f"{checkpoint['model']} IWAE k={args.k}"
+    )
+    r = {
+        "checkpoint": path,
+        "epochs": checkpoint["epoch"] + 1,
+        "binarized": binarized,
+        "n_images": len(x),
+        "test_loss": bce + kld,
+        "test_bce": bce,
+        "test_kld": kld,
+        "logged_test_loss": checkpoint["test_loss"],
+        "iwae_nll": iwae.mean().item(),
+        "k": args.k,
+    }
     if args.exact and model.latent_dim == 2:
         t1 = time.time()
         nll, info = model_exact_nll(model, x, y)
-        r.update(exact_nll=nll.mean().item(), elbo_gap=r["test_loss"] - nll.mean().item(),
-                 iwae_gap=r["iwae_nll"] - nll.mean().item(), exact_seconds=time.time() - t1,
-                 exact_unconverged=int((~info["converged"]).sum()), exact_max_radius=info["radius"].max().item())
+        r.update(
+            exact_nll=nll.mean().item(),
+            elbo_gap=r["test_loss"] - nll.mean().item(),
+            iwae_gap=r["iwae_nll"] - nll.mean().item(),
+            exact_seconds=time.time() - t1,
+            exact_unconverged=int((~info["converged"]).sum()),
+            exact_max_radius=info["radius"].max().item(),
+        )
     if model.conditional:
         per_digit = label_agreement(model, classifier, args.n, torch.Generator(device).manual_seed(args.seed))
-        r.update(label_agreement=sum(per_digit) / 10, label_agreement_per_digit=per_digit, n=args.n,
-                 classifier_test_accuracy=accuracy(classifier, x, y))
+        r.update(
+            label_agreement=sum(per_digit) / 10,
+            label_agreement_per_digit=per_digit,
+            n=args.n,
+            classifier_test_accuracy=accuracy(classifier, x, y),
+        )
     r["seconds"] = time.time() - t0
     return r
 
 
 def report(name, r):
     images = f"the first {r['n_images']:,} " if r["n_images"] < 10000 else ""
-    print(f"{name}  {r['checkpoint']}  ({r['epochs']} epochs; {images}{'binarised ' if r['binarized'] else ''}test images)")
-    print(f"  {'test -ELBO':17} {r['test_loss']:8.2f} nats/image  (bce {r['test_bce']:.2f} + kld {r['test_kld']:.2f}); "
-          f"logged {r['logged_test_loss']:.2f} (on all 10,000)")
-    print(f"  {'IWAE bound':17} {r['iwae_nll']:8.2f} nats/image  (k={r['k']}; an upper bound on -log p(x) that tightens as k grows)")
+    print(
+        f"{name}  {r['checkpoint']}  ({r['epochs']} epochs; {images}{'binarised ' if r['binarized'] else ''}test images)"
+    )
+    print(
+        f"  {'test -ELBO':17} {r['test_loss']:8.2f} nats/image  (bce {r['test_bce']:.2f} + kld {r['test_kld']:.2f}); "
+        f"logged {r['logged_test_loss']:.2f} (on all 10,000)"
+    )
+    print(
+        f"  {'IWAE bound':17} {r['iwae_nll']:8.2f} nats/image  (k={r['k']}; an upper bound on -log p(x) that tightens as k grows)"
+    )
     if "exact_nll" in r:
         what = "exact -log p(x|y)" if "label_agreement" in r else "exact -log p(x)"
-        print(f"  {what:17} {r['exact_nll']:8.2f} nats/image  (integrated over the latent plane in {r['exact_seconds']:.0f}s)")
-        print(f"  {'gaps to it':17} -ELBO {r['elbo_gap']:.2f} (the mean KL(q(z|x) || p(z|x))), IWAE {r['iwae_gap']:.2f}")
+        print(
+            f"  {what:17} {r['exact_nll']:8.2f} nats/image  (integrated over the latent plane in {r['exact_seconds']:.0f}s)"
+        )
+        print(
+            f"  {'gaps to it':17} -ELBO {r['elbo_gap']:.2f} (the mean KL(q(z|x) || p(z|x))), IWAE {r['iwae_gap']:.2f}"
+        )
         if r["exact_unconverged"]:
-            print(f"  warning: for {r['exact_unconverged']} images the integral did not converge (it still moved by 0.01 nat "
-                  f"at the finest grid, or -log p(x) is too large for |z| < {MAX_RADIUS:.0f})")
+            print(
+                f"  warning: for {r['exact_unconverged']} images the integral did not converge (it still moved by 0.01 nat "
+                f"at the finest grid, or -log p(x) is too large for |z| < {MAX_RADIUS:.0f})"
+            )
     if "label_agreement" in r:
         digits = " ".join(f"{d}:{f:.0%}" for d, f in enumerate(r["label_agreement_per_digit"]))
-        print(f"  {'label agreement':17} {r['label_agreement']:8.2%} of {10 * r['n']} samples  ({digits}); "
-              f"the classifier's test accuracy {r['classifier_test_accuracy']:.2%}")
+        print(
+            f"  {'label agreement':17} {r['label_agreement']:8.2%} of {10 * r['n']} samples  ({digits}); "
+            f"the classifier's test accuracy {r['classifier_test_accuracy']:.2%}"
+        )
     print(f"  {r['seconds']:.0f}s")
 
 
@@ -356,20 +425,31 @@ def main():
     p.add_argument("--k", type=utils.number(int), help="importance samples per image for the IWAE bound")
     p.add_argument("--n", type=utils.number(int), help="CVAE samples per digit classified")
     p.add_argument("--limit", type=utils.number(int), help="use the first LIMIT test images only (default: all 10,000)")
-    p.add_argument("--exact", action="store_true", help="also -log p(x) by integration over the latent plane (2-d latents only)")
+    p.add_argument(
+        "--exact", action="store_true", help="also -log p(x) by integration over the latent plane (2-d latents only)"
+    )
     p.add_argument("--seed", type=int, help="seed of the IWAE and sampling noise")
     utils.add_device_flag(p)
     utils.add_data_flag(p)
     p.add_argument("--classifier", help="weights of classifier.py's CNN")
-    p.add_argument("--json", action="store_true", help="print the figures as one JSON object, and nothing else, on stdout")
+    p.add_argument(
+        "--json", action="store_true", help="print the figures as one JSON object, and nothing else, on stdout"
+    )
     args, _ = utils.parse(p, DEFAULTS)
 
     device = utils.pick_device(args.device)
-    loaded = [(path, *utils.load_model(path, device)) for _, path in utils.choose_runs(args.runs_dir, args.run_name, args.checkpoint)]
-    if args.exact and all(model.latent_dim != 2 for _, model, _ in loaded):  # else the exact value is of the 2-d ones only
+    loaded = [
+        (path, *utils.load_model(path, device))
+        for _, path in utils.choose_runs(args.runs_dir, args.run_name, args.checkpoint)
+    ]
+    if args.exact and all(
+        model.latent_dim != 2 for _, model, _ in loaded
+    ):  # else the exact value is of the 2-d ones only
         path, model, _ = loaded[0]
-        raise utils.UserError(f"--exact integrates over a 2-d latent plane; {path} has latent size {model.latent_dim}: "
-                              f"drop --exact for it")
+        raise utils.UserError(
+            f"--exact integrates over a 2-d latent plane; {path} has latent size {model.latent_dim}: "
+            f"drop --exact for it"
+        )
     classifier = None
     if any(model.conditional for _, model, _ in loaded):  # before any long computation: fail early if it is missing
         classifier = load_classifier(args.classifier, device)

@@ -21,6 +21,7 @@ prints them. The README's images/explore.png is, from the reference runs' page,
     "file://$PWD/explore.html#model=VAE&z=0.5,-1&a=-2,1.2&b=1.5,-0.8"
 (as root, add --no-sandbox).
 """
+
 import base64
 import json
 import math
@@ -47,17 +48,28 @@ def page_model(name, path, model, checkpoint, means, labels):
     # the plane's half-width: nearly every code inside it, and the prior's 3-sigma circle too
     reach = means.abs().max(1).values.quantile(0.999).item()
     return dict(
-        name=name, path=path, epochs=checkpoint["epoch"] + 1 if "epoch" in checkpoint else None, conditional=model.conditional,
-        inputs=first.in_features, hidden=first.out_features,
-        w1=b64(first.weight), b1=b64(first.bias), w2=b64(last.weight), b2=b64(last.bias),
+        name=name,
+        path=path,
+        epochs=checkpoint["epoch"] + 1 if "epoch" in checkpoint else None,
+        conditional=model.conditional,
+        inputs=first.in_features,
+        hidden=first.out_features,
+        w1=b64(first.weight),
+        b1=b64(first.bias),
+        w2=b64(last.weight),
+        b2=b64(last.bias),
         extent=max(3.5, math.ceil(reach * 1.02 * 2) / 2),
-        means=b64(means), labels=b64(labels, "u1"),
+        means=b64(means),
+        labels=b64(labels, "u1"),
     )
 
 
 def main():
-    p = utils.parser("Write a self-contained HTML page that decodes the latent plane of the VAE and CVAE "
-                     "checkpoints in the browser, over their test images' latent means.", DEFAULTS)
+    p = utils.parser(
+        "Write a self-contained HTML page that decodes the latent plane of the VAE and CVAE "
+        "checkpoints in the browser, over their test images' latent means.",
+        DEFAULTS,
+    )
     utils.add_run_flags(p)
     utils.add_data_flag(p)
     p.add_argument("--out", metavar="FILE", help="the page to write")
@@ -67,19 +79,25 @@ def main():
     for _, path in utils.choose_runs(args.runs_dir, args.run_name, args.checkpoint):
         model, checkpoint = utils.load_model(path)
         if model.latent_dim != 2:
-            raise utils.UserError(f"{path}: the explorer page needs a 2-d latent; this run has latent size {model.latent_dim}")
+            raise utils.UserError(
+                f"{path}: the explorer page needs a 2-d latent; this run has latent size {model.latent_dim}"
+            )
         loaded.append((checkpoint["model"], path, model, checkpoint))
     names = [name for name, *_ in loaded]
     for name in set(names):
         if names.count(name) > 1:
-            raise utils.UserError(f"{names.count(name)} {name} checkpoints given; the page holds one of each model: pass one")
+            raise utils.UserError(
+                f"{names.count(name)} {name} checkpoints given; the page holds one of each model: pass one"
+            )
     loaded.sort(key=lambda run: list(MODELS).index(run[0]))  # the VAE first: the page opens on it
     utils.writable_dir(os.path.dirname(args.out) or ".", "--out")
 
     models = []
     for name, path, model, checkpoint in loaded:
         # the test images of the kind the run was trained on, as sample.py and latent_dist.py use them
-        images, labels = load_mnist(args.data_dir, train=False, binarized=utils.binarized(checkpoint["args"].get("binarize")))
+        images, labels = load_mnist(
+            args.data_dir, train=False, binarized=utils.binarized(checkpoint["args"].get("binarize"))
+        )
         models.append(page_model(name, path, model, checkpoint, encode_means(model, images, labels), labels))
     data = json.dumps(dict(models=models)).replace("</", "<\\/")  # nothing in it may close the <script>
     utils.save_atomic(PAGE.replace("/*DATA*/null", data).encode(), args.out)

@@ -5,10 +5,12 @@ BCE, KLD and their sum (the negative ELBO), train, validation (runs with --val) 
 python graph.py --table  prints one line per run instead: the README's comparison of recipes.
 A run that has logged no epoch yet is left out of the figures, and shows "-" in the table.
 """
+
 import os
 import sys
 
 import matplotlib
+
 matplotlib.use("Agg")  # files only, no window
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
@@ -24,7 +26,11 @@ DEFAULTS = dict(
     images_dir="images",
     table=False,
 )
-PANELS = [("bce", "BCE (reconstruction)"), ("kld", "KLD (KL to the prior)"), ("loss", "loss = BCE + KLD (negative ELBO)")]
+PANELS = [
+    ("bce", "BCE (reconstruction)"),
+    ("kld", "KLD (KL to the prior)"),
+    ("loss", "loss = BCE + KLD (negative ELBO)"),
+]
 CURVES = [f"{split}/{name}" for split in ("train", "test") for name, _ in PANELS]  # the tags a figure plots
 
 
@@ -45,8 +51,19 @@ def table(runs):
         curves, seconds = read_scalars(run)
         final = lambda tag: f"{curves[tag][1][-1]:.2f}" if tag in curves else "-"
         epochs = max((curves[tag][0][-1] for tag in CURVES if tag in curves), default=0)
-        rows.append((model, os.path.basename(run), str(epochs), final("test/loss"), final("test/bce"), final("test/kld"),
-                     final("train/loss"), "-" if seconds is None else f"{seconds:.0f}", final("val/loss")))
+        rows.append(
+            (
+                model,
+                os.path.basename(run),
+                str(epochs),
+                final("test/loss"),
+                final("test/bce"),
+                final("test/kld"),
+                final("train/loss"),
+                "-" if seconds is None else f"{seconds:.0f}",
+                final("val/loss"),
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:  # text left-aligned, numbers right-aligned
         print("  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))))
@@ -62,8 +79,14 @@ def plot(model, runs, images_dir):
                 if f"{split}/{name}" not in curves and split == "val":
                     continue
                 epochs, values = curves.get(f"{split}/{name}", ([], []))
-                ax.plot(epochs, values, style, color=f"C{k}" if len(runs) > 1 else color,
-                        marker="." if len(epochs) < 30 else None, label=prefix + split)
+                ax.plot(
+                    epochs,
+                    values,
+                    style,
+                    color=f"C{k}" if len(runs) > 1 else color,
+                    marker="." if len(epochs) < 30 else None,
+                    label=prefix + split,
+                )
             ax.set(title=title, xlabel="epoch (counted from 1)", ylabel="nats per image")
             ax.grid(alpha=0.3)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -77,16 +100,24 @@ def plot(model, runs, images_dir):
 
 
 def main():
-    p = utils.parser("Plot the train and test loss curves of the VAE and CVAE runs, or print a table of runs.", DEFAULTS)
+    p = utils.parser(
+        "Plot the train and test loss curves of the VAE and CVAE runs, or print a table of runs.", DEFAULTS
+    )
     utils.add_run_flags(p, what="events")
     p.add_argument("--images-dir", help="where MODEL_loss.png goes")
-    p.add_argument("--table", action="store_true", help="print final losses and training time of every run (or the chosen ones) instead of plotting")
+    p.add_argument(
+        "--table",
+        action="store_true",
+        help="print final losses and training time of every run (or the chosen ones) instead of plotting",
+    )
     args, _ = utils.parse(p, DEFAULTS)
 
     if args.table and not (args.run or args.run_name):
         runs = utils.all_runs(args.runs_dir)
         if not runs:
-            raise utils.UserError(f"no runs under {args.runs_dir}/VAE/ or {args.runs_dir}/CVAE/; train one with python train.py")
+            raise utils.UserError(
+                f"no runs under {args.runs_dir}/VAE/ or {args.runs_dir}/CVAE/; train one with python train.py"
+            )
         return table(runs)
     runs = utils.choose_runs(args.runs_dir, args.run_name, args.run, need=utils.EVENTS)
     if args.table:
@@ -97,7 +128,9 @@ def main():
     ready = [(model, run, curves) for model, run, curves in logged if any(tag in curves for tag in CURVES)]
     waiting = [run for model, run, curves in logged if not any(tag in curves for tag in CURVES)]
     if not ready:
-        raise utils.UserError(f"{', '.join(waiting)}: no epoch logged yet; wait for the first epoch to end, or pass another --run")
+        raise utils.UserError(
+            f"{', '.join(waiting)}: no epoch logged yet; wait for the first epoch to end, or pass another --run"
+        )
     utils.writable_dir(args.images_dir, "--images-dir")
     for run in waiting:
         print(f"note: {run} has logged no epoch yet; left out of the figures", file=sys.stderr)

@@ -11,10 +11,12 @@ first two principal components when z has more than 2 dimensions). For a VAE wit
     of them where the -ELBO is furthest above -log p(x), that is where q is furthest from p(z|x).
 A run trained on binarised images (--binarize dynamic) is shown binarised images.
 """
+
 import math
 import os
 
 import matplotlib
+
 matplotlib.use("Agg")  # files only, no window
 import matplotlib.pyplot as plt
 import torch
@@ -48,13 +50,20 @@ def plot_dist(name, path, mu, labels, out, generator):
         _, s, vh = torch.linalg.svd(centred, full_matrices=False)
         share = s.square() / s.square().sum()
         points = centred @ vh[:2].T
-        axis_labels = [f"principal component {i + 1} of the {mu.shape[1]}-d means ({share[i]:.0%} of the variance)" for i in range(2)]
+        axis_labels = [
+            f"principal component {i + 1} of the {mu.shape[1]}-d means ({share[i]:.0%} of the variance)"
+            for i in range(2)
+        ]
     colours = plt.get_cmap("tab10")(labels.numpy())
     fig, ax = plt.subplots(figsize=(8, 8))
     ax.scatter(points[:, 0], points[:, 1], s=2, c=colours, alpha=0.5, linewidths=0, rasterized=True)
     handles = [Line2D([], [], ls="", marker="o", color=plt.get_cmap("tab10")(d), label=str(d)) for d in range(10)]
     ax.legend(handles=handles, title="digit", loc="upper right", framealpha=0.9)
-    ax.set(xlabel=axis_labels[0], ylabel=axis_labels[1], title=f"{name}: latent means of the {len(mu):,} training images\n{path}")
+    ax.set(
+        xlabel=axis_labels[0],
+        ylabel=axis_labels[1],
+        title=f"{name}: latent means of the {len(mu):,} training images\n{path}",
+    )
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
@@ -73,7 +82,11 @@ def plot_manifold(model, path, device, out, n=20):
     ticks = [28 * i + 14 for i in range(n)]  # the centre of each digit
     ax.set_xticks(ticks, [f"{v:.2f}" for v in values], rotation=90, fontsize=8)
     ax.set_yticks(ticks, [f"{v:.2f}" for v in values.flip(0)], fontsize=8)
-    ax.set(xlabel="$z_1$", ylabel="$z_2$", title=f"VAE: the decoder's images at quantiles of N(0, 1) over the latent plane\n{path}")
+    ax.set(
+        xlabel="$z_1$",
+        ylabel="$z_2$",
+        title=f"VAE: the decoder's images at quantiles of N(0, 1) over the latent plane\n{path}",
+    )
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
@@ -94,10 +107,14 @@ def window(z1, z2, log_density, mu, sigma, share=0.999):
     """The box around the grid points that hold `share` of the mass, and q's 2-sigma ellipse, with a margin."""
     flat = log_density.flatten()
     order = flat.argsort(descending=True)
-    inside = order[:int((flat[order].softmax(0).cumsum(0) < share).sum()) + 1]
+    inside = order[: int((flat[order].softmax(0).cumsum(0) < share).sum()) + 1]
     rows, cols = inside // len(z1), inside % len(z1)
-    lo = torch.stack([torch.minimum(z1[cols].min(), mu[0] - 2 * sigma[0]), torch.minimum(z2[rows].min(), mu[1] - 2 * sigma[1])])
-    hi = torch.stack([torch.maximum(z1[cols].max(), mu[0] + 2 * sigma[0]), torch.maximum(z2[rows].max(), mu[1] + 2 * sigma[1])])
+    lo = torch.stack(
+        [torch.minimum(z1[cols].min(), mu[0] - 2 * sigma[0]), torch.minimum(z2[rows].min(), mu[1] - 2 * sigma[1])]
+    )
+    hi = torch.stack(
+        [torch.maximum(z1[cols].max(), mu[0] + 2 * sigma[0]), torch.maximum(z2[rows].max(), mu[1] + 2 * sigma[1])]
+    )
     pad = 0.15 * (hi - lo).max() + 0.02
     return [lo[0] - pad, hi[0] + pad, lo[1] - pad, hi[1] + pad]
 
@@ -115,8 +132,8 @@ def plot_posterior(model, path, images, labels, out, generator, count=8):
     nll, info = model_exact_nll(model, images, labels)
     elbo, _ = iwae_bounds(model, images, labels, ELBO_SAMPLES, generator)
     gap = elbo - nll  # KL(q(z|x) || p(z|x)) per image, up to the noise of the samples
-    worst = gap.argsort(descending=True)[:count // 2].tolist()
-    chosen = worst + [i for i in range(len(images)) if i not in worst][:count - len(worst)]
+    worst = gap.argsort(descending=True)[: count // 2].tolist()
+    chosen = worst + [i for i in range(len(images)) if i not in worst][: count - len(worst)]
     mu, logvar = model.encode(images[chosen], labels[chosen] if model.conditional else None)
     sigma = torch.exp(0.5 * logvar)
     log_likelihood = model_log_likelihood(model, images, labels)
@@ -126,12 +143,20 @@ def plot_posterior(model, path, images, labels, out, generator, count=8):
     for j, (i, ax_image, ax) in enumerate(zip(chosen, axes[:, 0::2].flatten(), axes[:, 1::2].flatten())):
         m, s = mu[j].cpu(), sigma[j].cpu()
         z1, z2, log_density = log_posterior_grid(log_likelihood, i, nll[i].float(), info["box"][i].tolist(), n=80)
-        z1, z2, log_density = log_posterior_grid(log_likelihood, i, nll[i].float(), window(z1, z2, log_density, m, s), n=160)
+        z1, z2, log_density = log_posterior_grid(
+            log_likelihood, i, nll[i].float(), window(z1, z2, log_density, m, s), n=160
+        )
         levels = mass_levels(log_density)
-        ax.contourf(z1, z2, log_density.exp(), levels=levels + [log_density.exp().max().item() + 1], cmap="Blues", alpha=0.8)
+        ax.contourf(
+            z1, z2, log_density.exp(), levels=levels + [log_density.exp().max().item() + 1], cmap="Blues", alpha=0.8
+        )
         ax.contour(z1, z2, log_density.exp(), levels=levels, colors="tab:blue", linewidths=0.8)
         for k, style in ((1, "-"), (2, "--")):
-            ax.add_patch(Ellipse(m.tolist(), 2 * k * s[0].item(), 2 * k * s[1].item(), fill=False, color="tab:red", ls=style, lw=1.2))
+            ax.add_patch(
+                Ellipse(
+                    m.tolist(), 2 * k * s[0].item(), 2 * k * s[1].item(), fill=False, color="tab:red", ls=style, lw=1.2
+                )
+            )
         ax.plot(*m.tolist(), "+", color="tab:red")
         ax.set_title(f"-ELBO {elbo[i]:.1f}, -log p(x) {nll[i]:.1f}: gap {gap[i]:.1f}", fontsize=9)
         ax.set_aspect("equal", adjustable="datalim")
@@ -139,10 +164,17 @@ def plot_posterior(model, path, images, labels, out, generator, count=8):
         ax_image.imshow(images[i].view(28, 28).cpu(), cmap="gray")
         ax_image.set_title(f"test image {i}" + (" (largest gap)" if i in worst else ""), fontsize=9)
         ax_image.axis("off")
-    handles = [Line2D([], [], color="tab:blue", label="p(z|x): 50%, 90%, 99% of the mass"),
-               Line2D([], [], color="tab:red", label="q(z|x): 1 sigma"), Line2D([], [], color="tab:red", ls="--", label="q(z|x): 2 sigma")]
+    handles = [
+        Line2D([], [], color="tab:blue", label="p(z|x): 50%, 90%, 99% of the mass"),
+        Line2D([], [], color="tab:red", label="q(z|x): 1 sigma"),
+        Line2D([], [], color="tab:red", ls="--", label="q(z|x): 2 sigma"),
+    ]
     fig.legend(handles=handles, loc="upper center", ncol=3, bbox_to_anchor=(0.5, 0.995))
-    fig.suptitle(f"VAE: the exact posterior against the encoder's q(z|x), {len(images)} test images searched\n{path}", y=0.96, fontsize=10)
+    fig.suptitle(
+        f"VAE: the exact posterior against the encoder's q(z|x), {len(images)} test images searched\n{path}",
+        y=0.96,
+        fontsize=10,
+    )
     fig.tight_layout(rect=(0, 0, 1, 0.94))
     fig.savefig(out, dpi=100)
     plt.close(fig)
@@ -150,24 +182,35 @@ def plot_posterior(model, path, images, labels, out, generator, count=8):
 
 
 def main():
-    p = utils.parser("Plot the latent means of the MNIST training images for the VAE and CVAE checkpoints "
-                     "(and, for a 2-d VAE, its decoded manifold and exact posteriors).", DEFAULTS)
+    p = utils.parser(
+        "Plot the latent means of the MNIST training images for the VAE and CVAE checkpoints "
+        "(and, for a 2-d VAE, its decoded manifold and exact posteriors).",
+        DEFAULTS,
+    )
     utils.add_run_flags(p)
     p.add_argument("--images-dir", help="where the figures go")
-    p.add_argument("--posterior-images", type=utils.number(int, low=8, low_ok=True),
-                   help="VAE_posterior.png picks its 8 test images among the first this many")
+    p.add_argument(
+        "--posterior-images",
+        type=utils.number(int, low=8, low_ok=True),
+        help="VAE_posterior.png picks its 8 test images among the first this many",
+    )
     p.add_argument("--seed", type=int, help="seed of the binarisation of the training images and of the ELBO's samples")
     utils.add_device_flag(p)
     utils.add_data_flag(p)
     args, _ = utils.parse(p, DEFAULTS)
 
     device = utils.pick_device(args.device)
-    loaded = [(path, *utils.load_model(path, device)) for _, path in utils.choose_runs(args.runs_dir, args.run_name, args.checkpoint)]
+    loaded = [
+        (path, *utils.load_model(path, device))
+        for _, path in utils.choose_runs(args.runs_dir, args.run_name, args.checkpoint)
+    ]
     names = [checkpoint["model"] for _, _, checkpoint in loaded]
     for name in set(names):
         if names.count(name) > 1:
-            raise utils.UserError(f"{names.count(name)} {name} checkpoints given; their figures would overwrite each other: "
-                                  f"pass one per --images-dir")
+            raise utils.UserError(
+                f"{names.count(name)} {name} checkpoints given; their figures would overwrite each other: "
+                f"pass one per --images-dir"
+            )
     utils.writable_dir(args.images_dir, "--images-dir")
     train_x, train_y = load_mnist(args.data_dir, train=True)
     for path, model, checkpoint in loaded:
@@ -181,8 +224,14 @@ def main():
             plot_manifold(model, path, device, os.path.join(args.images_dir, "VAE_manifold.png"))
             test_x, test_y = load_mnist(args.data_dir, train=False, binarized=binarized)
             n = args.posterior_images
-            plot_posterior(model, path, test_x[:n].to(device), test_y[:n].to(device), os.path.join(args.images_dir, "VAE_posterior.png"),
-                           torch.Generator(device).manual_seed(args.seed))
+            plot_posterior(
+                model,
+                path,
+                test_x[:n].to(device),
+                test_y[:n].to(device),
+                os.path.join(args.images_dir, "VAE_posterior.png"),
+                torch.Generator(device).manual_seed(args.seed),
+            )
 
 
 if __name__ == "__main__":

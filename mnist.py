@@ -8,6 +8,7 @@ Binarised MNIST (--binarize dynamic): each pixel is drawn as Bernoulli(grey leve
 train.py draws the training images anew each epoch; the test images are drawn once,
 the same for every run and script, with the generator seeded by TEST_BINARIZE_SEED.
 """
+
 import gzip
 import hashlib
 import os
@@ -46,7 +47,9 @@ def sha256(path):
 def prepare(data_dir):
     """Check the files under data_dir/MNIST/raw and unpack the .gz ones where needed."""
     if not os.path.isdir(data_dir):
-        raise FileNotFoundError(f"--data-dir {data_dir} does not exist; point it at the folder that holds MNIST/raw/ (default: data)")
+        raise FileNotFoundError(
+            f"--data-dir {data_dir} does not exist; point it at the folder that holds MNIST/raw/ (default: data)"
+        )
     raw_dir = os.path.join(data_dir, "MNIST", "raw")
     for name in GZ_SHA256:
         raw, gz = os.path.join(raw_dir, name), os.path.join(raw_dir, name + ".gz")
@@ -68,7 +71,9 @@ def unpack(gz, raw):
     try:
         tmp = tempfile.NamedTemporaryFile(dir=raw_dir, prefix=os.path.basename(raw) + ".", suffix=".tmp", delete=False)
     except PermissionError:
-        raise PermissionError(f"cannot unpack {gz} in {raw_dir}: the folder is read-only; copy the data folder somewhere writable and pass that as --data-dir") from None
+        raise PermissionError(
+            f"cannot unpack {gz} in {raw_dir}: the folder is read-only; copy the data folder somewhere writable and pass that as --data-dir"
+        ) from None
     try:
         with gzip.open(gz, "rb") as src, tmp as dst:
             shutil.copyfileobj(src, dst)

@@ -3,6 +3,7 @@
 x is a batch of MNIST images, float in [0, 1], shaped (N, 784) or (N, 1, 28, 28);
 y is a batch of int64 labels, shaped (N,), used by the CVAE only.
 """
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -136,8 +137,8 @@ def loss_sums(model, images, labels, generator=None, batch_size=1000):
     """Sums over a data set of the per-image BCE and KLD, as a tensor [bce, kld]; one z sample per image."""
     sums = torch.zeros(2, device=images.device)
     for i in range(0, len(images), batch_size):
-        x = images[i:i + batch_size]
-        y = labels[i:i + batch_size] if model.conditional else None
+        x = images[i : i + batch_size]
+        y = labels[i : i + batch_size] if model.conditional else None
         logits, mu, logvar = model(x, y, generator)
         _, bce, kld = loss_function(logits, x, mu, logvar)
         sums += torch.stack([bce, kld]) * len(x)
@@ -147,7 +148,12 @@ def loss_sums(model, images, labels, generator=None, batch_size=1000):
 @torch.no_grad()
 def encode_means(model, images, labels, batch_size=5000):
     """The means of q(z|x) for a data set, (N, latent_dim), a batch at a time (the VAE ignores the labels)."""
-    return torch.cat([model.encode(images[i:i + batch_size], labels[i:i + batch_size])[0] for i in range(0, len(images), batch_size)])
+    return torch.cat(
+        [
+            model.encode(images[i : i + batch_size], labels[i : i + batch_size])[0]
+            for i in range(0, len(images), batch_size)
+        ]
+    )
 
 
 def read_checkpoint(path, device="cpu"):
@@ -155,16 +161,22 @@ def read_checkpoint(path, device="cpu"):
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
-        raise FileNotFoundError(f"no checkpoint at {path}; train one with train.py or train_CVAE.py, or pass another path") from None
+        raise FileNotFoundError(
+            f"no checkpoint at {path}; train one with train.py or train_CVAE.py, or pass another path"
+        ) from None
     except Exception as e:
-        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}); it may be truncated or corrupt: "
-                         f"pass another checkpoint, or train again") from None
+        raise ValueError(
+            f"{path} is not a readable checkpoint ({type(e).__name__}); it may be truncated or corrupt: "
+            f"pass another checkpoint, or train again"
+        ) from None
     if isinstance(checkpoint, dict) and "model_state" in checkpoint:  # written before the keys were renamed
         checkpoint["weights"] = checkpoint.pop("model_state")
         if "train_state" in checkpoint:
             checkpoint["trained_weights"] = checkpoint.pop("train_state")
     if not isinstance(checkpoint, dict) or checkpoint.get("model") not in MODELS or "weights" not in checkpoint:
-        raise ValueError(f"{path} is not a VAE-pytorch checkpoint; pass a checkpoint.pt written by train.py or train_CVAE.py")
+        raise ValueError(
+            f"{path} is not a VAE-pytorch checkpoint; pass a checkpoint.pt written by train.py or train_CVAE.py"
+        )
     return checkpoint
 
 
@@ -174,8 +186,10 @@ def model_from(checkpoint, device="cpu", path="the checkpoint"):
     try:
         model.load_state_dict(checkpoint["weights"])
     except (RuntimeError, TypeError, KeyError):
-        raise ValueError(f"{path}: its weights do not fit a {checkpoint['model']} with latent size {model.latent_dim}; "
-                         f"it is damaged or from other code: pass another checkpoint") from None
+        raise ValueError(
+            f"{path}: its weights do not fit a {checkpoint['model']} with latent size {model.latent_dim}; "
+            f"it is damaged or from other code: pass another checkpoint"
+        ) from None
     return model.to(device).eval()
 
 

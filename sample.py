@@ -10,6 +10,7 @@ Each works on the newest run of the model it needs (or --run-name, or --checkpoi
 writes one grid of 28 x 28 cells with padding 2 (torchvision.utils.save_image) to --out,
 by default images/MODEL_COMMAND.png (MODEL_COMMAND_D.png with --digit D).
 """
+
 import argparse
 import os
 
@@ -37,6 +38,7 @@ PADDING = 2
 
 
 # --- the grids: (cells, 1, 28, 28) tensors, laid out by save_image(nrow=columns) --------------------
+
 
 @torch.no_grad()
 def prior_grid(model, noise, digit=None):
@@ -70,7 +72,7 @@ def reconstruction_grid(model, images, labels):
     images, reconstructions = torch.cat([images, blank]), torch.cat([reconstructions, blank])
     pairs = []
     for i in range(0, len(images), GRID_COLUMNS):
-        pairs += [images[i:i + GRID_COLUMNS], reconstructions[i:i + GRID_COLUMNS]]
+        pairs += [images[i : i + GRID_COLUMNS], reconstructions[i : i + GRID_COLUMNS]]
     return torch.cat(pairs).view(-1, 1, 28, 28)
 
 
@@ -117,6 +119,7 @@ def restyle_grid(model, images, labels):
 
 # --- the command line -----------------------------------------------------------------------------
 
+
 def command_parser(prog, description=None, **kw):
     """The parser of one command: its --help shows its own defaults, and its errors are one line too."""
     p = utils.parser(description, {**DEFAULTS, **COMMANDS[prog.split()[-1]]})
@@ -126,58 +129,79 @@ def command_parser(prog, description=None, **kw):
 
 def add_common_flags(c):
     utils.add_run_flags(c)
-    c.add_argument("--model", choices=["VAE", "CVAE"],
-                   help="which model's run to use (default: the CVAE for restyle and with --digit, else the VAE; "
-                        "a --checkpoint names its own)")
+    c.add_argument(
+        "--model",
+        choices=["VAE", "CVAE"],
+        help="which model's run to use (default: the CVAE for restyle and with --digit, else the VAE; "
+        "a --checkpoint names its own)",
+    )
     c.add_argument("--seed", type=int, help="random seed of the noise")
     utils.add_device_flag(c)
     utils.add_data_flag(c)
-    c.add_argument("--out", metavar="FILE", help="the picture to write (default: images/MODEL_COMMAND.png, "
-                                                 "images/MODEL_COMMAND_D.png with --digit D)")
+    c.add_argument(
+        "--out",
+        metavar="FILE",
+        help="the picture to write (default: images/MODEL_COMMAND.png, images/MODEL_COMMAND_D.png with --digit D)",
+    )
 
 
 def build_parser():
     p = utils.parser(__doc__.split("\n")[0], DEFAULTS)
-    commands = p.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands",
-                                parser_class=command_parser)
+    commands = p.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", title="commands", parser_class=command_parser
+    )
     count = utils.number(int)
     digit = utils.number(int, low=0, low_ok=True, high=10)
     index = utils.number(int, low=0, low_ok=True)
     steps = utils.number(int, low=2, low_ok=True)
 
-    c = commands.add_parser("prior", help="n samples from z ~ N(0, I), 8 per row; a CVAE without --digit: "
-                                          "10 rows of 8, row r digit r, each column one z",
-                            description="Decode samples z ~ N(0, I), 8 per row.")
+    c = commands.add_parser(
+        "prior",
+        help="n samples from z ~ N(0, I), 8 per row; a CVAE without --digit: "
+        "10 rows of 8, row r digit r, each column one z",
+        description="Decode samples z ~ N(0, I), 8 per row.",
+    )
     c.add_argument("-n", type=count, help="how many samples (not for a CVAE without --digit)")
     c.add_argument("--digit", type=digit, help="CVAE: draw every sample as this digit")
     add_common_flags(c)
 
-    c = commands.add_parser("reconstruct", help="the first n test images and their reconstructions, in row pairs",
-                            description="The first n test images (a row of 8) and their reconstructions from "
-                                        "the latent means (the row below).")
+    c = commands.add_parser(
+        "reconstruct",
+        help="the first n test images and their reconstructions, in row pairs",
+        description="The first n test images (a row of 8) and their reconstructions from "
+        "the latent means (the row below).",
+    )
     c.add_argument("-n", type=count, help="how many test images")
     add_common_flags(c)
 
-    c = commands.add_parser("interpolate", help="the images between two test images' latent means, in one row",
-                            description="Test images I and J at the ends of one row, between them the images "
-                                        "decoded along the straight line from I's latent mean to J's.")
+    c = commands.add_parser(
+        "interpolate",
+        help="the images between two test images' latent means, in one row",
+        description="Test images I and J at the ends of one row, between them the images "
+        "decoded along the straight line from I's latent mean to J's.",
+    )
     c.add_argument("--between", nargs=2, type=index, required=True, metavar=("I", "J"), help="the two test images")
     c.add_argument("--steps", type=steps, help="images decoded from mean I to mean J inclusive")
     c.add_argument("--digit", type=digit, help="CVAE: decode as this digit (default: image I's label)")
     add_common_flags(c)
 
-    c = commands.add_parser("traverse", help="the decoder's images over a grid of the latent space",
-                            description="A 2-d latent: steps x steps images over [-range, range]^2, z1 growing "
-                                        "to the right, z2 upwards. A larger latent: a row per dimension, swept "
-                                        "over [-range, range] with the others at 0.")
+    c = commands.add_parser(
+        "traverse",
+        help="the decoder's images over a grid of the latent space",
+        description="A 2-d latent: steps x steps images over [-range, range]^2, z1 growing "
+        "to the right, z2 upwards. A larger latent: a row per dimension, swept "
+        "over [-range, range] with the others at 0.",
+    )
     c.add_argument("--steps", type=steps, help="images per row")
     c.add_argument("--range", type=utils.number(float), help="the grid spans [-range, range] in each dimension")
     c.add_argument("--digit", type=digit, help="CVAE: the digit to draw")
     add_common_flags(c)
 
-    c = commands.add_parser("restyle", help="(CVAE) the first n test images, each redrawn as the digits 0-9",
-                            description="A row per test image: the image, then its latent mean decoded with "
-                                        "each of the labels 0-9.")
+    c = commands.add_parser(
+        "restyle",
+        help="(CVAE) the first n test images, each redrawn as the digits 0-9",
+        description="A row per test image: the image, then its latent mean decoded with each of the labels 0-9.",
+    )
     c.add_argument("-n", type=count, help="how many test images")
     add_common_flags(c)
     return p
@@ -214,7 +238,9 @@ def test_images(args, checkpoint, device):
     binarized = utils.binarized(checkpoint["args"].get("binarize"))
     images, labels = load_mnist(args.data_dir, train=False, binarized=binarized)
     if args.command == "interpolate" and max(args.between) >= len(images):
-        raise utils.UserError(f"--between {max(args.between)} is outside the test set; use indices 0 to {len(images) - 1}")
+        raise utils.UserError(
+            f"--between {max(args.between)} is outside the test set; use indices 0 to {len(images) - 1}"
+        )
     if args.command in ("reconstruct", "restyle") and args.n > len(images):
         raise utils.UserError(f"-n {args.n} is more than the {len(images)} test images")
     return images.to(device), labels.to(device)
@@ -230,7 +256,7 @@ def draw(args, model, checkpoint, device):
         return prior_grid(model, noise, digit), GRID_COLUMNS
     if args.command == "reconstruct":
         images, labels = test_images(args, checkpoint, device)
-        return reconstruction_grid(model, images[:args.n], labels[:args.n]), GRID_COLUMNS
+        return reconstruction_grid(model, images[: args.n], labels[: args.n]), GRID_COLUMNS
     if args.command == "interpolate":
         i, j = args.between
         images, labels = test_images(args, checkpoint, device)
@@ -239,7 +265,7 @@ def draw(args, model, checkpoint, device):
     if args.command == "traverse":
         return traversal_grid(model, args.steps, args.range, args.digit, device), args.steps
     images, labels = test_images(args, checkpoint, device)
-    return restyle_grid(model, images[:args.n], labels[:args.n]), 11
+    return restyle_grid(model, images[: args.n], labels[: args.n]), 11
 
 
 def main():

@@ -8,6 +8,7 @@ train_CVAE.py trains the conditional VAE with this same loop.
 
 Several processes, on GPUs or CPUs:  torchrun --nproc_per_node=N train.py
 """
+
 import argparse
 import math
 import os
@@ -76,30 +77,64 @@ def command_line(model_name, defaults, argv=None):
     p.add_argument("--lr", type=number(float), help="peak learning rate of AdamW")
     p.add_argument("--schedule", choices=["cosine", "constant"], help="learning-rate schedule")
     p.add_argument("--warmup-epochs", type=number(float, low_ok=True), help="linear learning-rate warm-up, in epochs")
-    p.add_argument("--lr-step-size", type=number(int, low_ok=True), help="the original's StepLR instead of the schedule: decay the lr every N optimizer steps; 0 is off")
+    p.add_argument(
+        "--lr-step-size",
+        type=number(int, low_ok=True),
+        help="the original's StepLR instead of the schedule: decay the lr every N optimizer steps; 0 is off",
+    )
     p.add_argument("--lr-gamma", type=number(float), help="StepLR's decay factor")
     p.add_argument("--weight-decay", type=number(float, low_ok=True), help="AdamW's decoupled weight decay")
-    p.add_argument("--beta", type=number(float, low_ok=True), help="weight of the KLD in the objective optimised (1: the ELBO); "
-                                                                    "the logged and reported loss stays the -ELBO, BCE + KLD")
-    p.add_argument("--kl-warmup-epochs", type=number(float, low_ok=True), help="raise the KLD's weight linearly from 0 to --beta over "
-                                                                               "this many epochs (KL warm-up; 0 is off)")
-    p.add_argument("--ema", type=number(float, low_ok=True, high=1), help="decay of the weight average that is evaluated and sampled; 0 is off")
-    p.add_argument("--bf16", action="store_true", help="train with bfloat16 matrix products (autocast); evaluation and samples stay float32; "
-                                                       "auto: on where the hardware multiplies bfloat16 natively (CPUs with AVX512-BF16 or AMX, NVIDIA GPUs from Ampere on)")
+    p.add_argument(
+        "--beta",
+        type=number(float, low_ok=True),
+        help="weight of the KLD in the objective optimised (1: the ELBO); "
+        "the logged and reported loss stays the -ELBO, BCE + KLD",
+    )
+    p.add_argument(
+        "--kl-warmup-epochs",
+        type=number(float, low_ok=True),
+        help="raise the KLD's weight linearly from 0 to --beta over this many epochs (KL warm-up; 0 is off)",
+    )
+    p.add_argument(
+        "--ema",
+        type=number(float, low_ok=True, high=1),
+        help="decay of the weight average that is evaluated and sampled; 0 is off",
+    )
+    p.add_argument(
+        "--bf16",
+        action="store_true",
+        help="train with bfloat16 matrix products (autocast); evaluation and samples stay float32; "
+        "auto: on where the hardware multiplies bfloat16 natively (CPUs with AVX512-BF16 or AMX, NVIDIA GPUs from Ampere on)",
+    )
     p.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in float32")
-    p.add_argument("--binarize", choices=BINARIZE, help="none: grey-level pixels; dynamic: each training pixel drawn as Bernoulli(grey level) each epoch, the test set binarised once")
+    p.add_argument(
+        "--binarize",
+        choices=BINARIZE,
+        help="none: grey-level pixels; dynamic: each training pixel drawn as Bernoulli(grey level) each epoch, the test set binarised once",
+    )
     p.add_argument("--latent-dim", type=number(int), help="size of the latent space z")
     p.add_argument("--seed", type=int, help="random seed: the same seed and flags give the same weights on CPU")
     p.add_argument("--limit", type=number(int), help="train on the first N training images only, for quick tries")
-    p.add_argument("--val", type=number(int, low_ok=True, high=60000), help="hold out the last N of the 60,000 training images "
-                                                                            "as a validation set, logged as val/*; 0 is off")
+    p.add_argument(
+        "--val",
+        type=number(int, low_ok=True, high=60000),
+        help="hold out the last N of the 60,000 training images as a validation set, logged as val/*; 0 is off",
+    )
     utils.add_device_flag(p)
     utils.add_data_flag(p)
     p.add_argument("--out-dir", help="sample grids go to OUT_DIR/RUN_NAME/NNN.png, one per epoch")
     p.add_argument("--runs-dir", help=f"logs, flags and checkpoint go to RUNS_DIR/{model_name}/RUN_NAME/")
     p.add_argument("--run-name", help="name of the run (default: the date and time)")
-    p.add_argument("--resume", action="store_true", help="continue the run RUNS_DIR/MODEL/RUN_NAME with its own flags; flags given again win")
-    p.add_argument("--overwrite", action="store_true", help="start a new run in a run folder or grid folder that holds something, emptying both first")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run RUNS_DIR/MODEL/RUN_NAME with its own flags; flags given again win",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run in a run folder or grid folder that holds something, emptying both first",
+    )
     p.set_defaults(bf16=None)  # None: not given
     return utils.parse(p, defaults, argv)[1]
 
@@ -110,11 +145,15 @@ def settings(defaults, given, saved=None):
         return {**defaults, **given}
     for flag in FIXED:
         if flag in given and given[flag] != saved.get(flag, defaults[flag]):
-            raise utils.UserError(f"--resume: --{flag.replace('_', '-')} {given[flag]} differs from the run's {saved.get(flag, defaults[flag])}; "
-                                  f"drop it, or start a new run")
+            raise utils.UserError(
+                f"--resume: --{flag.replace('_', '-')} {given[flag]} differs from the run's {saved.get(flag, defaults[flag])}; "
+                f"drop it, or start a new run"
+            )
     if "ema" in given and bool(given["ema"]) != bool(saved.get("ema")):
-        raise utils.UserError(f"--resume: the run was trained {'with' if saved.get('ema') else 'without'} --ema; EMA cannot be turned "
-                              f"{'off' if saved.get('ema') else 'on'} in a run: drop --ema, or start a new run")
+        raise utils.UserError(
+            f"--resume: the run was trained {'with' if saved.get('ema') else 'without'} --ema; EMA cannot be turned "
+            f"{'off' if saved.get('ema') else 'on'} in a run: drop --ema, or start a new run"
+        )
     return {**defaults, **{k: v for k, v in saved.items() if k in defaults and k not in NOT_SAVED}, **given}
 
 
@@ -128,7 +167,9 @@ def build(model_name, args, device):
     """The model, its optimizer and the weight average, as args ask."""
     torch.manual_seed(args.seed)  # the initial weights
     model = MODELS[model_name](latent_dim=args.latent_dim).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, fused=device.type != "mps")
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=args.lr, weight_decay=args.weight_decay, fused=device.type != "mps"
+    )
     average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema)) if args.ema else None
     return model, optimizer, average
 
@@ -159,11 +200,13 @@ def batches(images, labels, order, batch_size, rank=0, world=1):
     """(x, y) for each optimizer step: consecutive slices of `order`, this process's share of each
     (a last batch smaller than the number of processes is dropped: every share must hold an image)."""
     for start in range(0, len(order) - world + 1, batch_size):
-        index = order[start:start + batch_size][rank::world]
+        index = order[start : start + batch_size][rank::world]
         yield images[index], labels[index]
 
 
-def train_epoch(model, optimizer, lr_at, average, batches, bf16=False, generator=None, desc="", total=None, show=True, beta_at=None):
+def train_epoch(
+    model, optimizer, lr_at, average, batches, bf16=False, generator=None, desc="", total=None, show=True, beta_at=None
+):
     """One pass over `batches`, step i at learning rate lr_at(i), minimising BCE + beta_at(i) * KLD (default: the -ELBO);
     returns the sums [bce, kld, images, objective], the last learning rate and the last KLD weight."""
     model.train()
@@ -215,13 +258,21 @@ def open_run(model_name, defaults, given):
         if os.path.exists(checkpoint_path):
             checkpoint = read_checkpoint(checkpoint_path)
         if not record and not checkpoint:
-            raise utils.UserError(f"--resume: {run_dir} holds neither a checkpoint nor the flags of a run; "
-                                  f"check --run-name and --runs-dir, or start a new run without --resume")
+            raise utils.UserError(
+                f"--resume: {run_dir} holds neither a checkpoint nor the flags of a run; "
+                f"check --run-name and --runs-dir, or start a new run without --resume"
+            )
         kind = (record or checkpoint)["model"]
         if kind != model_name:
-            raise utils.UserError(f"--resume: {run_dir} holds a {kind}, not a {model_name}; resume it with {SCRIPTS[kind]}")
+            raise utils.UserError(
+                f"--resume: {run_dir} holds a {kind}, not a {model_name}; resume it with {SCRIPTS[kind]}"
+            )
         # runs from before run.json kept their flags in the checkpoint
-        saved = current_flags(record) if record else {k: v for k, v in checkpoint["args"].items() if k in defaults and k not in NOT_SAVED}
+        saved = (
+            current_flags(record)
+            if record
+            else {k: v for k, v in checkpoint["args"].items() if k in defaults and k not in NOT_SAVED}
+        )
         args = settings(defaults, given, saved)
         changed = {k: v for k, v in args.items() if k not in NOT_SAVED and saved.get(k, defaults[k]) != v}
         record = record or {"model": model_name, "started": time.time(), "flags": saved}
@@ -231,9 +282,15 @@ def open_run(model_name, defaults, given):
         grid_dir = os.path.join(args["out_dir"], run_name)
         for folder in (run_dir, grid_dir):
             if os.path.isdir(folder) and os.listdir(folder) and not args["overwrite"]:
-                raise utils.UserError(f"{folder} already holds a run; pass --resume to continue it, --overwrite to replace it, "
-                                      f"or choose another --run-name")
-        record = {"model": model_name, "started": time.time(), "flags": {k: v for k, v in args.items() if k not in NOT_SAVED}}
+                raise utils.UserError(
+                    f"{folder} already holds a run; pass --resume to continue it, --overwrite to replace it, "
+                    f"or choose another --run-name"
+                )
+        record = {
+            "model": model_name,
+            "started": time.time(),
+            "flags": {k: v for k, v in args.items() if k not in NOT_SAVED},
+        }
     return run_dir, dict(args, runs_dir=runs_dir, run_name=run_name), record, checkpoint
 
 
@@ -248,8 +305,16 @@ def current_flags(record):
 def what_ran(device, bf16):
     """What actually ran, beside the flags that asked for it (--device auto, --bf16 auto)."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(os.path.abspath(__file__)),
-                                capture_output=True, text=True, timeout=10).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                cwd=os.path.dirname(os.path.abspath(__file__)),
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         commit = None
     return {"device": str(device), "bf16": bf16, "torch": torch.__version__, "git_commit": commit}
@@ -284,10 +349,13 @@ def run_training(model_name, args, record, checkpoint, run_dir, device, rank, wo
     # data: the whole of MNIST as tensors on the device; --val holds out the last training images
     train_x, train_y = load_mnist(args.data_dir, train=True)
     test_x, test_y = load_mnist(args.data_dir, train=False, binarized=dynamic)
-    val_x, val_y = train_x[len(train_x) - args.val:], train_y[len(train_x) - args.val:]
+    val_x, val_y = train_x[len(train_x) - args.val :], train_y[len(train_x) - args.val :]
     if dynamic:  # drawn once, as the test images are
         val_x = binarize(val_x, torch.Generator().manual_seed(0))
-    train_x, train_y = train_x[:len(train_x) - args.val][:args.limit].to(device), train_y[:len(train_y) - args.val][:args.limit].to(device)
+    train_x, train_y = (
+        train_x[: len(train_x) - args.val][: args.limit].to(device),
+        train_y[: len(train_y) - args.val][: args.limit].to(device),
+    )
     test_x, test_y, val_x, val_y = test_x.to(device), test_y.to(device), val_x.to(device), val_y.to(device)
 
     # `model` holds the weights that the optimizer trains, and the training step calls it through `step_model`
@@ -307,8 +375,10 @@ def run_training(model_name, args, record, checkpoint, run_dir, device, rank, wo
                 average.load_state_dict(checkpoint["average_state"])
             optimizer.load_state_dict(checkpoint["optimizer_state"])
         except (RuntimeError, KeyError, ValueError):
-            raise utils.UserError(f"--resume: {checkpoint_path} does not fit the {model_name} of its flags (latent size {args.latent_dim}); "
-                                  f"it is damaged or from other code: start a new run") from None
+            raise utils.UserError(
+                f"--resume: {checkpoint_path} does not fit the {model_name} of its flags (latent size {args.latent_dim}); "
+                f"it is damaged or from other code: start a new run"
+            ) from None
         for group in optimizer.param_groups:  # the saved state brings the old hyperparameters: the run's flags win
             group["weight_decay"] = args.weight_decay
         start_epoch = checkpoint["epoch"] + 1
@@ -327,14 +397,18 @@ def run_training(model_name, args, record, checkpoint, run_dir, device, rank, wo
                     shutil.rmtree(folder)
         utils.writable_dir(run_dir, "--runs-dir")
         utils.writable_dir(grid_dir, "--out-dir")
-        (record["resumes"][-1] if record.get("resumes") else record).update(epoch=start_epoch, ran=what_ran(device, bf16))
+        (record["resumes"][-1] if record.get("resumes") else record).update(
+            epoch=start_epoch, ran=what_ran(device, bf16)
+        )
         utils.write_run(run_dir, record)
     # purge_step: a reader drops what an interrupted attempt logged from the first epoch this one redoes
     writer = SummaryWriter(run_dir, purge_step=start_epoch if args.resume else None) if master else None
     if master:
         held_out = f", {len(val_x)} held out for validation" if args.val else ""
-        print(f"{model_name}: {len(train_x)} training images{held_out}, {sum(p.numel() for p in model.parameters())} parameters, "
-              f"{world} process(es) on {device}, bfloat16 {bf16}; logs in {run_dir}, samples in {grid_dir}/")
+        print(
+            f"{model_name}: {len(train_x)} training images{held_out}, {sum(p.numel() for p in model.parameters())} parameters, "
+            f"{world} process(es) on {device}, bfloat16 {bf16}; logs in {run_dir}, samples in {grid_dir}/"
+        )
 
     epoch = start_epoch
     try:
@@ -343,23 +417,56 @@ def run_training(model_name, args, record, checkpoint, run_dir, device, rank, wo
             images = train_x
             if dynamic:  # the same pixels in every process, and on a resume
                 images = binarize(train_x, torch.Generator(device).manual_seed(epoch_seed(args.seed, epoch, 1)))
-            order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(epoch_seed(args.seed, epoch, 0))).to(device)
+            order = torch.randperm(
+                len(train_x), generator=torch.Generator().manual_seed(epoch_seed(args.seed, epoch, 0))
+            ).to(device)
             noise_generator = torch.Generator(device).manual_seed(epoch_seed(args.seed, epoch, 2 + rank))
-            sums, lr, beta = train_epoch(step_model, optimizer, lambda step: learning_rate(args, epoch, step, steps_per_epoch), average,
-                                         batches(images, train_y, order, args.batch_size, rank, world), bf16, noise_generator,
-                                         desc=f"epoch {epoch + 1}/{args.epochs}", total=steps_per_epoch, show=master,
-                                         beta_at=lambda step: kl_weight(args, epoch, step, steps_per_epoch))
+            sums, lr, beta = train_epoch(
+                step_model,
+                optimizer,
+                lambda step: learning_rate(args, epoch, step, steps_per_epoch),
+                average,
+                batches(images, train_y, order, args.batch_size, rank, world),
+                bf16,
+                noise_generator,
+                desc=f"epoch {epoch + 1}/{args.epochs}",
+                total=steps_per_epoch,
+                show=master,
+                beta_at=lambda step: kl_weight(args, epoch, step, steps_per_epoch),
+            )
             # evaluate.py repeats this test loss with the same generator
-            test_sums = loss_sums(tested, test_x[rank::world], test_y[rank::world], torch.Generator(device).manual_seed(args.seed + rank))
-            val_sums = loss_sums(tested, val_x[rank::world], val_y[rank::world], torch.Generator(device).manual_seed(args.seed + rank))
+            test_sums = loss_sums(
+                tested, test_x[rank::world], test_y[rank::world], torch.Generator(device).manual_seed(args.seed + rank)
+            )
+            val_sums = loss_sums(
+                tested, val_x[rank::world], val_y[rank::world], torch.Generator(device).manual_seed(args.seed + rank)
+            )
             if world > 1:
                 for tensor in (sums, test_sums, val_sums):
                     dist.all_reduce(tensor)
             if master:
-                log_epoch(writer, tested, epoch, sums, test_sums / len(test_x), val_sums / max(len(val_x), 1) if args.val else None,
-                          lr, beta, noise, test_x, test_y, grid_dir)
-                state = {"model": model_name, "args": vars(args), "epoch": epoch, "weights": tested.state_dict(),
-                         "optimizer_state": optimizer.state_dict(), "test_loss": test_sums.sum().item() / len(test_x)}
+                log_epoch(
+                    writer,
+                    tested,
+                    epoch,
+                    sums,
+                    test_sums / len(test_x),
+                    val_sums / max(len(val_x), 1) if args.val else None,
+                    lr,
+                    beta,
+                    noise,
+                    test_x,
+                    test_y,
+                    grid_dir,
+                )
+                state = {
+                    "model": model_name,
+                    "args": vars(args),
+                    "epoch": epoch,
+                    "weights": tested.state_dict(),
+                    "optimizer_state": optimizer.state_dict(),
+                    "test_loss": test_sums.sum().item() / len(test_x),
+                }
                 if args.val:
                     state["val_loss"] = val_sums.sum().item() / len(val_x)
                 if average:
@@ -367,16 +474,24 @@ def run_training(model_name, args, record, checkpoint, run_dir, device, rank, wo
                 utils.save_atomic(state, checkpoint_path)
                 writer.add_scalar("time/epoch_seconds", time.time() - t0, epoch)  # the whole epoch: bench.py reads it
                 val = f"  val {state['val_loss']:7.2f}" if args.val else ""
-                tqdm.write(f"epoch {epoch + 1:3d}/{args.epochs}  train {(sums[0] + sums[1]).item() / sums[2].item():7.2f}{val}  "
-                           f"test {state['test_loss']:7.2f}  lr {lr:.2e}  {time.time() - t0:5.1f}s")
+                tqdm.write(
+                    f"epoch {epoch + 1:3d}/{args.epochs}  train {(sums[0] + sums[1]).item() / sums[2].item():7.2f}{val}  "
+                    f"test {state['test_loss']:7.2f}  lr {lr:.2e}  {time.time() - t0:5.1f}s"
+                )
     except KeyboardInterrupt:
         kept = f"the checkpoint of epoch {epoch} is kept" if epoch > 0 else "nothing was saved yet"
-        raise utils.UserError(f"interrupted in epoch {epoch + 1}; {kept}: continue with {resume_command(model_name, args)}") from None
+        raise utils.UserError(
+            f"interrupted in epoch {epoch + 1}; {kept}: continue with {resume_command(model_name, args)}"
+        ) from None
     except FloatingPointError as e:
         if epoch > start_epoch or checkpoint:
-            raise utils.UserError(f"{e}; training stopped and the checkpoint of epoch {epoch} in {run_dir} is kept: "
-                                  f"continue with {resume_command(model_name, args)} --lr SMALLER") from None
-        raise utils.UserError(f"{e}; training stopped before any checkpoint: start again with a lower --lr and --overwrite") from None
+            raise utils.UserError(
+                f"{e}; training stopped and the checkpoint of epoch {epoch} in {run_dir} is kept: "
+                f"continue with {resume_command(model_name, args)} --lr SMALLER"
+            ) from None
+        raise utils.UserError(
+            f"{e}; training stopped before any checkpoint: start again with a lower --lr and --overwrite"
+        ) from None
     if master:
         log_run(writer, tested, args, test_x, test_y, epoch)
         writer.close()
@@ -387,8 +502,10 @@ def run_training(model_name, args, record, checkpoint, run_dir, device, rank, wo
         same = torch.tensor([float(torch.equal(weights, reference))], device=device)
         dist.all_reduce(same, op=dist.ReduceOp.MIN)
         if not same.item():
-            raise utils.UserError(f"the weights differ between the {world} processes after training; the run in {run_dir} "
-                                  f"is not to be trusted: report this with the command you ran")
+            raise utils.UserError(
+                f"the weights differ between the {world} processes after training; the run in {run_dir} "
+                f"is not to be trusted: report this with the command you ran"
+            )
         if master:
             print(f"weights identical on all {world} processes: True")
 
@@ -406,7 +523,9 @@ def log_epoch(writer, model, epoch, sums, test_means, val_means, lr, beta, noise
     means = {"train": sums[:2] / sums[2], "test": test_means, **({"val": val_means} if val_means is not None else {})}
     scalars = {"lr": lr, "beta": beta, "train/objective": sums[3].item() / sums[2].item()}
     for split, (bce, kld) in means.items():
-        scalars.update({f"{split}/bce": bce.item(), f"{split}/kld": kld.item(), f"{split}/loss": bce.item() + kld.item()})
+        scalars.update(
+            {f"{split}/bce": bce.item(), f"{split}/kld": kld.item(), f"{split}/loss": bce.item() + kld.item()}
+        )
     for tag, value in scalars.items():
         writer.add_scalar(tag, value, epoch)
     samples = prior_grid(model, noise)
@@ -420,8 +539,18 @@ def log_epoch(writer, model, epoch, sums, test_means, val_means, lr, beta, noise
 @torch.no_grad()
 def log_run(writer, model, args, test_x, test_y, epoch):
     """At the end of a run: the test images' latent means in the Projector, and the flags beside the final test loss in HParams."""
-    writer.add_embedding(encode_means(model, test_x, test_y).cpu(), metadata=test_y.tolist(), label_img=test_x.view(-1, 1, 28, 28).cpu(), global_step=epoch, tag="test_latent_means")
-    flags = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(args).items() if k not in ("resume", "overwrite")}
+    writer.add_embedding(
+        encode_means(model, test_x, test_y).cpu(),
+        metadata=test_y.tolist(),
+        label_img=test_x.view(-1, 1, 28, 28).cpu(),
+        global_step=epoch,
+        tag="test_latent_means",
+    )
+    flags = {
+        k: v if isinstance(v, (int, float, str, bool)) else str(v)
+        for k, v in vars(args).items()
+        if k not in ("resume", "overwrite")
+    }
     final = writer.file_writer  # into the run's own folder, not a sub-run: TensorBoard lists one run per training run
     for summary in hparams(flags, {"test/loss": None}):  # the metric's values are read from the run's test/loss scalars
         final.add_summary(summary)

@@ -7,6 +7,7 @@ the loss (the negative ELBO, now a bound on -log p(x|y)), logging to runs/CVAE/R
 checkpoints and --resume. What differs is below: its defaults, and its grid of samples,
 out_CVAE/RUN_NAME/NNN.png, which has one row per digit.
 """
+
 import train
 
 DEFAULTS = dict(

@@ -3,6 +3,7 @@
 A run lives in RUNS_DIR/MODEL/RUN_NAME/ (MODEL is VAE or CVAE): run.json (the flags it
 was started with and when), TensorBoard's event files, and checkpoint.pt.
 """
+
 import argparse
 import ctypes
 import glob
@@ -32,6 +33,7 @@ class UserError(Exception):
 
 def parser(description, defaults):
     """An ArgumentParser whose --help shows the value of `defaults` for each flag, and whose errors are one line."""
+
     class Help(argparse.HelpFormatter):
         def _get_help_string(self, action):
             if action.dest in defaults and defaults[action.dest] is not None and defaults[action.dest] is not False:
@@ -51,6 +53,7 @@ def parse(p, defaults, argv=None):
 
 def number(kind, low=0, low_ok=False, high=None):
     """An argparse type: a number of the given kind above low (or at it if low_ok) and below high."""
+
     def parse_number(text):
         try:
             value = kind(text)
@@ -60,6 +63,7 @@ def number(kind, low=0, low_ok=False, high=None):
             bounds = f"{'>=' if low_ok else '>'} {low}" + (f" and < {high}" if high is not None else "")
             raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
         return value
+
     return parse_number
 
 
@@ -67,12 +71,19 @@ def add_run_flags(p, what="checkpoint"):
     """--runs-dir, and --run-name or --checkpoint (or --run, for logs): which runs a script works on."""
     p.add_argument("--runs-dir", help="where train.py writes RUNS_DIR/MODEL/RUN_NAME/")
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--run-name", help="use RUNS_DIR/VAE/RUN_NAME and RUNS_DIR/CVAE/RUN_NAME, whichever exist "
-                                          "(default: the newest run of each model, by the time it started)")
+    which.add_argument(
+        "--run-name",
+        help="use RUNS_DIR/VAE/RUN_NAME and RUNS_DIR/CVAE/RUN_NAME, whichever exist "
+        "(default: the newest run of each model, by the time it started)",
+    )
     if what == "checkpoint":
-        which.add_argument("--checkpoint", action="append", metavar="PATH", help="use this checkpoint.pt or run folder; repeatable")
+        which.add_argument(
+            "--checkpoint", action="append", metavar="PATH", help="use this checkpoint.pt or run folder; repeatable"
+        )
     else:
-        which.add_argument("--run", action="append", metavar="DIR", help="use this run folder, e.g. runs/VAE/NAME; repeatable")
+        which.add_argument(
+            "--run", action="append", metavar="DIR", help="use this run folder, e.g. runs/VAE/NAME; repeatable"
+        )
 
 
 def add_device_flag(p):
@@ -122,9 +133,12 @@ def reuse_freed_memory():
 
 # --- devices --------------------------------------------------------------------------------------
 
+
 def pick_device(name="auto"):
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu")
+        return torch.device(
+            "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+        )
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -135,7 +149,9 @@ def pick_device(name="auto"):
         "mps": torch.backends.mps.is_available(),
     }
     if not available.get(device.type, False):
-        raise UserError(f"--device {name} is not available on this machine; use --device cpu, or auto to pick what is there")
+        raise UserError(
+            f"--device {name} is not available on this machine; use --device cpu, or auto to pick what is there"
+        )
     return device
 
 
@@ -155,6 +171,7 @@ def native_bf16(device):
 
 
 # --- files ----------------------------------------------------------------------------------------
+
 
 def writable_dir(path, flag):
     """Make the folder and check that a file can be written in it, before any long work."""
@@ -186,6 +203,7 @@ def binarized(binarize):
 
 # --- runs -----------------------------------------------------------------------------------------
 
+
 def read_run(run_dir):
     """The run.json of a run folder, or None where it has none."""
     path = os.path.join(run_dir, RUN_FILE)
@@ -207,8 +225,11 @@ def started(run_dir):
     record = read_run(run_dir)
     if record and "started" in record:
         return record["started"]
-    times = [int(name.split(".")[3]) for name in map(os.path.basename, glob.glob(os.path.join(run_dir, EVENTS)))
-             if name.split(".")[3].isdigit()]
+    times = [
+        int(name.split(".")[3])
+        for name in map(os.path.basename, glob.glob(os.path.join(run_dir, EVENTS)))
+        if name.split(".")[3].isdigit()
+    ]
     return min(times, default=0)
 
 
@@ -219,8 +240,13 @@ def choose_runs(runs_dir="runs", run_name=None, paths=None, need=CHECKPOINT):
     with logs). The runs are `paths` if given (a checkpoint's run folder will do), else
     RUNS_DIR/{VAE,CVAE}/RUN_NAME, else the newest run of each model by the time it started.
     """
+
     def has(run):
-        return os.path.exists(os.path.join(run, CHECKPOINT)) if need == CHECKPOINT else bool(glob.glob(os.path.join(run, EVENTS)))
+        return (
+            os.path.exists(os.path.join(run, CHECKPOINT))
+            if need == CHECKPOINT
+            else bool(glob.glob(os.path.join(run, EVENTS)))
+        )
 
     def model_of(run):
         name = os.path.basename(os.path.dirname(os.path.abspath(run)))
@@ -235,8 +261,10 @@ def choose_runs(runs_dir="runs", run_name=None, paths=None, need=CHECKPOINT):
             if need == CHECKPOINT and os.path.isfile(path):
                 chosen.append((None, path))
             elif not has(path):
-                raise UserError(f"{path}: no {'checkpoint.pt' if need == CHECKPOINT else 'TensorBoard logs'} there; "
-                                f"pass a run folder like runs/VAE/NAME" + (" or a checkpoint file" if need == CHECKPOINT else ""))
+                raise UserError(
+                    f"{path}: no {'checkpoint.pt' if need == CHECKPOINT else 'TensorBoard logs'} there; "
+                    f"pass a run folder like runs/VAE/NAME" + (" or a checkpoint file" if need == CHECKPOINT else "")
+                )
             elif need == EVENTS and not model_of(path):
                 raise UserError(f"{path}: the folder above it must be VAE or CVAE, as in runs/VAE/NAME")
             else:
@@ -245,8 +273,10 @@ def choose_runs(runs_dir="runs", run_name=None, paths=None, need=CHECKPOINT):
     if run_name:
         runs = [run for run in (os.path.join(runs_dir, m, run_name) for m in MODELS) if has(run)]
         if not runs:
-            raise UserError(f"no run named {run_name} with {'a checkpoint' if need == CHECKPOINT else 'logs'} under "
-                            f"{runs_dir}/VAE/ or {runs_dir}/CVAE/; check --run-name and --runs-dir")
+            raise UserError(
+                f"no run named {run_name} with {'a checkpoint' if need == CHECKPOINT else 'logs'} under "
+                f"{runs_dir}/VAE/ or {runs_dir}/CVAE/; check --run-name and --runs-dir"
+            )
         return result(runs)
     newest = []
     for m in MODELS:
@@ -254,15 +284,21 @@ def choose_runs(runs_dir="runs", run_name=None, paths=None, need=CHECKPOINT):
         if runs:
             newest.append(max(runs, key=lambda run: (started(run), run)))
     if not newest:
-        raise UserError(f"no {'checkpoint' if need == CHECKPOINT else 'runs'} under {runs_dir}/VAE/ or {runs_dir}/CVAE/; "
-                        f"train one with python train.py" + (" (or pass --checkpoint)" if need == CHECKPOINT else ""))
+        raise UserError(
+            f"no {'checkpoint' if need == CHECKPOINT else 'runs'} under {runs_dir}/VAE/ or {runs_dir}/CVAE/; "
+            f"train one with python train.py" + (" (or pass --checkpoint)" if need == CHECKPOINT else "")
+        )
     return result(newest)
 
 
 def all_runs(runs_dir):
     """Every run folder with logs under RUNS_DIR/{VAE,CVAE}/, as [(model name, folder)], sorted."""
-    return [(m, run) for m in MODELS for run in sorted(glob.glob(os.path.join(runs_dir, m, "*")))
-            if glob.glob(os.path.join(run, EVENTS))]
+    return [
+        (m, run)
+        for m in MODELS
+        for run in sorted(glob.glob(os.path.join(runs_dir, m, "*")))
+        if glob.glob(os.path.join(run, EVENTS))
+    ]
 
 
 def load_model(path, device="cpu"):

@@ -1,4 +1,5 @@
 """Shared fixtures: the repo's scripts run as a user runs them, on small subsets, in temporary folders."""
+
 import contextlib
 import io
 import os
@@ -26,7 +27,11 @@ def run(script, *flags, check=True, cwd=ROOT):
     sys.argv = argv
     os.chdir(cwd)
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings(record=True) as caught:
+        with (
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(err),
+            warnings.catch_warnings(record=True) as caught,
+        ):
             warnings.simplefilter("default")  # as a new interpreter shows them
             try:
                 runpy.run_path(argv[0], run_name="__main__")
@@ -47,8 +52,13 @@ def run(script, *flags, check=True, cwd=ROOT):
 
 def run_process(script, *flags, check=True, cwd=ROOT):
     """Run python ROOT/script with flags in a new process; returns the CompletedProcess."""
-    result = subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, flags)], cwd=cwd,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, script), *map(str, flags)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"{script} {flags} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result

@@ -1,13 +1,14 @@
 """bench.py on a tiny subset: what it prints parses, bad flags get one line, and its profile compares like with like."""
+
 import re
 
 import pytest
 import torch
+from conftest import run
+from test_errors import fails_with
 
 import bench
-from conftest import run
 from models import CVAE, VAE
-from test_errors import fails_with
 
 NUMBER = r"(\d+(?:\.\d+)?)"
 
@@ -19,22 +20,40 @@ def test_tiny_bench_prints_numbers():
     train_flops, test_flops = bench.flops_per_image(VAE())
     assert f"an epoch: {(train_flops * 2000 + test_flops * 10000) / 1e9:.1f} GFLOP" in out
     peak = float(re.search(rf"^matmul peak, float32: {NUMBER} GFLOP/s \(2048 x 2048 x 2048\)", out, re.M).group(1))
-    after = float(re.search(rf"^matmul peak again after the epochs: float32 {NUMBER} GFLOP/s(, bfloat16 {NUMBER} GFLOP/s)?$", out, re.M).group(1))
-    m = re.search(rf"^python train.py --no-bf16: {NUMBER} s per epoch \(median of {NUMBER}\), {NUMBER} GFLOP/s: "
-                  rf"(\d+)% of the float32 peak \((\d+)% of it after\)", out, re.M)
+    after = float(
+        re.search(
+            rf"^matmul peak again after the epochs: float32 {NUMBER} GFLOP/s(, bfloat16 {NUMBER} GFLOP/s)?$", out, re.M
+        ).group(1)
+    )
+    m = re.search(
+        rf"^python train.py --no-bf16: {NUMBER} s per epoch \(median of {NUMBER}\), {NUMBER} GFLOP/s: "
+        rf"(\d+)% of the float32 peak \((\d+)% of it after\)",
+        out,
+        re.M,
+    )
     assert m, out
     seconds, only, rate, percent, percent_after = map(float, m.groups())
-    assert seconds == only and abs(rate - (train_flops * 2000 + test_flops * 10000) / 1e9 / seconds) <= rate * 0.005 / seconds + 0.05
+    assert (
+        seconds == only
+        and abs(rate - (train_flops * 2000 + test_flops * 10000) / 1e9 / seconds) <= rate * 0.005 / seconds + 0.05
+    )
     assert abs(percent - 100 * rate / peak) <= 1 and abs(percent_after - 100 * rate / after) <= 1
     for name in ("train.py", "classic"):
-        m = re.search(rf"^{re.escape(name)}\s+{NUMBER} s/epoch\s+{NUMBER} images/s\s+peak memory\s+{NUMBER} MB\s+\(epochs: {NUMBER}\)$", out, re.M)
+        m = re.search(
+            rf"^{re.escape(name)}\s+{NUMBER} s/epoch\s+{NUMBER} images/s\s+peak memory\s+{NUMBER} MB\s+\(epochs: {NUMBER}\)$",
+            out,
+            re.M,
+        )
         assert m, out
         seconds, rate, memory, epoch = map(float, m.groups())
         assert seconds > 0 and memory > 0 and seconds == epoch  # one repeat: the median is that epoch
         # images/s is of the 2000 images, with the seconds as printed, to 0.005 s
         assert 2000 / (seconds + 0.005) - 1 <= rate <= 2000 / max(seconds - 0.005, 1e-9) + 1
     assert float(re.search(rf"epoch is {NUMBER} times faster than the classic", out).group(1)) > 0
-    m = re.search(rf"an epoch: {NUMBER} s; forward and backward alone, on the same batches: {NUMBER} s \((\d+)% of the epoch\)", out)
+    m = re.search(
+        rf"an epoch: {NUMBER} s; forward and backward alone, on the same batches: {NUMBER} s \((\d+)% of the epoch\)",
+        out,
+    )
     assert m, out
     epoch, bare, percent = map(float, m.groups())
     # the percentage is of the two times, which are printed to 0.005 s
@@ -51,7 +70,9 @@ def test_flops_per_image_from_the_layer_shapes():
     assert bench.flops_per_image(VAE()) == (2_808_832, 1_070_080)  # the issue's 2.81 and 1.07 MFLOP
 
 
-@pytest.mark.parametrize("flag, value", [("--batch-size", 0), ("--repeats", 0), ("--repeats", -2), ("--limit", 0), ("--batch-size", "many")])
+@pytest.mark.parametrize(
+    "flag, value", [("--batch-size", 0), ("--repeats", 0), ("--repeats", -2), ("--limit", 0), ("--batch-size", "many")]
+)
 def test_bad_numbers(flag, value):
     fails_with(run("bench.py", flag, value, "--device", "cpu", check=False), flag)
 
@@ -78,6 +99,7 @@ def test_profile_times_the_same_batches_both_ways(monkeypatch):
 def test_bfloat16_is_not_native_where_avx512_is_turned_off(monkeypatch):
     # ATEN_CPU_CAPABILITY=avx2 runs a CPU's AVX2 code paths, as a CPU without AVX-512 would: bfloat16 is emulated there
     import utils
+
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     assert utils.native_bf16(torch.device("cpu"))
@@ -97,5 +119,7 @@ def test_the_fraction_is_of_the_peak_before_and_of_the_peak_after_the_epochs(mon
     train_flops, test_flops = bench.flops_per_image(VAE())
     rate = (train_flops * 60000 + test_flops * 10000) / 2.0  # 89.6 GFLOP/s
     assert "matmul peak again after the epochs: float32 50.0 GFLOP/s\n" in out
-    assert (f"python train.py --no-bf16: 2.00 s per epoch (median of 2.00, 3.00, 1.00), {rate / 1e9:.1f} GFLOP/s: "
-            f"{rate / 100e9:.0%} of the float32 peak ({rate / 50e9:.0%} of it after)\n") in out
+    assert (
+        f"python train.py --no-bf16: 2.00 s per epoch (median of 2.00, 3.00, 1.00), {rate / 1e9:.1f} GFLOP/s: "
+        f"{rate / 100e9:.0%} of the float32 peak ({rate / 50e9:.0%} of it after)\n"
+    ) in out

@@ -7,12 +7,27 @@ from conftest import ROOT, train_flags
 
 
 def test_two_processes_with_gloo(tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           os.path.join(ROOT, "train.py"), "--epochs", "1", "--limit", "2000", "--device", "cpu", *map(str, train_flags(tmp_path, "ddp"))]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        os.path.join(ROOT, "train.py"),
+        "--epochs",
+        "1",
+        "--limit",
+        "2000",
+        "--device",
+        "cpu",
+        *map(str, train_flags(tmp_path, "ddp")),
+    ]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "2 process(es)" in result.stdout
-    assert "weights identical on all 2 processes: True" in result.stdout  # each process compares its weights with rank 0's
+    assert (
+        "weights identical on all 2 processes: True" in result.stdout
+    )  # each process compares its weights with rank 0's
     assert len(glob.glob(str(tmp_path / "runs" / "VAE" / "ddp" / "events.out.tfevents.*"))) == 1
     assert os.listdir(tmp_path / "out" / "ddp") == ["000.png"]
 
@@ -20,22 +35,40 @@ def test_two_processes_with_gloo(tmp_path):
 def torchrun_with(tmp_path, patch, name):
     """torchrun of train.py with two processes on gloo, process 1 changed by `patch` (Python run before train.main)."""
     driver = tmp_path / "driver.py"
-    driver.write_text(f"import os, sys\nsys.path.insert(0, {ROOT!r})\nimport torch, train\n"
-                      f"if os.environ['RANK'] == '1':\n" + "".join(f"    {line}\n" for line in patch.splitlines()) +
-                      "train.main(argv=sys.argv[1:])\n")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(driver),
-           "--epochs", "1", "--limit", "1000", "--device", "cpu", *map(str, train_flags(tmp_path, name))]
+    driver.write_text(
+        f"import os, sys\nsys.path.insert(0, {ROOT!r})\nimport torch, train\n"
+        f"if os.environ['RANK'] == '1':\n"
+        + "".join(f"    {line}\n" for line in patch.splitlines())
+        + "train.main(argv=sys.argv[1:])\n"
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(driver),
+        "--epochs",
+        "1",
+        "--limit",
+        "1000",
+        "--device",
+        "cpu",
+        *map(str, train_flags(tmp_path, name)),
+    ]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
 def test_a_non_finite_loss_in_one_process_stops_every_process_with_the_same_line(tmp_path):
     # process 1 alone sees an infinite loss at its third step
-    patch = ("loss_function, calls = train.loss_function, []\n"
-             "def bad(*args):\n"
-             "    calls.append(1)\n"
-             "    total, bce, kld = loss_function(*args)\n"
-             "    return (total * float('inf') if len(calls) == 3 else total), bce, kld\n"
-             "train.loss_function = bad")
+    patch = (
+        "loss_function, calls = train.loss_function, []\n"
+        "def bad(*args):\n"
+        "    calls.append(1)\n"
+        "    total, bce, kld = loss_function(*args)\n"
+        "    return (total * float('inf') if len(calls) == 3 else total), bce, kld\n"
+        "train.loss_function = bad"
+    )
     result = torchrun_with(tmp_path, patch, "nan")
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
@@ -45,13 +78,15 @@ def test_a_non_finite_loss_in_one_process_stops_every_process_with_the_same_line
 
 def test_weights_that_differ_between_processes_fail_the_run(tmp_path):
     # process 1 nudges one weight after its epoch, as a bug in the averaging would
-    patch = ("train_epoch = train.train_epoch\n"
-             "def nudged(model, *args, **kw):\n"
-             "    out = train_epoch(model, *args, **kw)\n"
-             "    with torch.no_grad():\n"
-             "        next(model.parameters()).view(-1)[0] += 1e-3\n"
-             "    return out\n"
-             "train.train_epoch = nudged")
+    patch = (
+        "train_epoch = train.train_epoch\n"
+        "def nudged(model, *args, **kw):\n"
+        "    out = train_epoch(model, *args, **kw)\n"
+        "    with torch.no_grad():\n"
+        "        next(model.parameters()).view(-1)[0] += 1e-3\n"
+        "    return out\n"
+        "train.train_epoch = nudged"
+    )
     result = torchrun_with(tmp_path, patch, "differ")
     assert result.returncode != 0
     assert "error: the weights differ between the 2 processes after training" in result.stderr, result.stderr

@@ -1,14 +1,14 @@
 """A user's mistake gets one line that names the problem and the fix, a non-zero exit, no traceback, and loses nothing."""
+
 import os
 import shutil
 import sys
 
 import pytest
 import torch
+from conftest import ROOT, run, train_both, train_flags
 
 import utils
-
-from conftest import ROOT, run, train_both, train_flags
 
 
 def fails_with(result, *phrases):
@@ -43,7 +43,7 @@ def test_corrupt_data_file(tmp_path, data_copy, damage):
     path = data_copy / "MNIST" / "raw" / "train-images-idx3-ubyte.gz"
     data = bytearray(path.read_bytes())
     if damage == "truncate":
-        data = data[:len(data) // 2]
+        data = data[: len(data) // 2]
     else:
         data[5000] ^= 0xFF
     path.write_bytes(bytes(data))
@@ -65,7 +65,9 @@ def test_data_dir_that_does_not_exist(tmp_path):
     fails_with(result, "does not exist", "--data-dir")
 
 
-@pytest.mark.parametrize("flag, value", [("--epochs", 0), ("--batch-size", -1), ("--lr", 0), ("--limit", 0), ("--epochs", "ten")])
+@pytest.mark.parametrize(
+    "flag, value", [("--epochs", 0), ("--batch-size", -1), ("--lr", 0), ("--limit", 0), ("--epochs", "ten")]
+)
 def test_bad_numbers(tmp_path, flag, value):
     fails_with(run("train.py", flag, value, *train_flags(tmp_path, "x"), check=False), flag)
 
@@ -88,7 +90,11 @@ def snapshot(folder):
 
 
 def test_resume_without_checkpoint(tmp_path):
-    fails_with(run("train.py", "--resume", *train_flags(tmp_path, "never"), check=False), "neither a checkpoint nor the flags", "--run-name")
+    fails_with(
+        run("train.py", "--resume", *train_flags(tmp_path, "never"), check=False),
+        "neither a checkpoint nor the flags",
+        "--run-name",
+    )
 
 
 @pytest.mark.parametrize("content", [os.urandom(5000), "truncated"])
@@ -96,7 +102,7 @@ def test_resume_from_a_broken_checkpoint(tmp_path, finished, content):
     run_dir = tmp_path / "runs" / "VAE" / "broken"
     run_dir.mkdir(parents=True)
     good = (finished / "runs" / "VAE" / "done" / "checkpoint.pt").read_bytes()
-    (run_dir / "checkpoint.pt").write_bytes(good[:len(good) // 2] if content == "truncated" else content)
+    (run_dir / "checkpoint.pt").write_bytes(good[: len(good) // 2] if content == "truncated" else content)
     before = snapshot(tmp_path)
     fails_with(run("train.py", "--resume", *train_flags(tmp_path, "broken"), check=False), "not a readable checkpoint")
     assert snapshot(tmp_path) == before
@@ -129,8 +135,16 @@ def test_a_new_run_does_not_overwrite_an_old_one(finished):
 def test_output_folder_that_cannot_be_written(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    fails_with(run("train.py", "--epochs", 1, *train_flags(tmp_path, "x"), "--out-dir", blocker / "out", check=False), "--out-dir", "cannot write")
-    fails_with(run("train.py", "--epochs", 1, "--run-name", "x", "--runs-dir", blocker, check=False), "--runs-dir", "cannot write")
+    fails_with(
+        run("train.py", "--epochs", 1, *train_flags(tmp_path, "x"), "--out-dir", blocker / "out", check=False),
+        "--out-dir",
+        "cannot write",
+    )
+    fails_with(
+        run("train.py", "--epochs", 1, "--run-name", "x", "--runs-dir", blocker, check=False),
+        "--runs-dir",
+        "cannot write",
+    )
 
 
 def test_loss_that_turns_non_finite_stops_and_keeps_the_last_checkpoint(finished):
@@ -180,7 +194,9 @@ def test_a_grid_folder_in_use_is_refused_and_overwrite_empties_both(tmp_path):
     assert not (tmp_path / "runs" / "VAE" / "mine" / "stale.txt").exists()
 
 
-@pytest.mark.parametrize("flag, value, phrase", [("--ema", 0.99, "without --ema"), ("--binarize", "dynamic", "--binarize dynamic")])
+@pytest.mark.parametrize(
+    "flag, value, phrase", [("--ema", 0.99, "without --ema"), ("--binarize", "dynamic", "--binarize dynamic")]
+)
 def test_resume_cannot_change_what_a_run_is(finished, flag, value, phrase):
     before = snapshot(finished)
     result = run("train.py", "--resume", "--epochs", 2, flag, value, *train_flags(finished, "done"), check=False)
@@ -199,7 +215,12 @@ def test_resume_from_a_checkpoint_whose_weights_do_not_fit(tmp_path, finished):
 
 
 def test_resume_and_overwrite_together(tmp_path):
-    fails_with(run("train.py", "--resume", "--overwrite", *train_flags(tmp_path, "x"), check=False), "--resume", "--overwrite", "one of them")
+    fails_with(
+        run("train.py", "--resume", "--overwrite", *train_flags(tmp_path, "x"), check=False),
+        "--resume",
+        "--overwrite",
+        "one of them",
+    )
 
 
 def test_resume_without_a_run_name(tmp_path):
@@ -211,7 +232,10 @@ def test_an_unreadable_run_json(tmp_path, finished):
     shutil.copytree(finished / "runs" / "VAE" / "done", run_dir)
     (run_dir / "run.json").write_text("{not json")
     before = snapshot(tmp_path)
-    fails_with(run("train.py", "--resume", "--epochs", 2, *train_flags(tmp_path, "done"), check=False), "run.json is not readable JSON")
+    fails_with(
+        run("train.py", "--resume", "--epochs", 2, *train_flags(tmp_path, "done"), check=False),
+        "run.json is not readable JSON",
+    )
     assert snapshot(tmp_path) == before
 
 
@@ -225,7 +249,10 @@ def test_out_of_memory_says_to_lower_the_batch_size(tmp_path, monkeypatch, capsy
     with pytest.raises(SystemExit) as exit:
         train.main(argv=["--epochs", "1", "--limit", "100", "--device", "cpu", *map(str, train_flags(tmp_path, "oom"))])
     assert exit.value.code == 1
-    assert capsys.readouterr().err == "error: out of memory on the device; lower --batch-size (or the number of images or samples at once)\n"
+    assert (
+        capsys.readouterr().err
+        == "error: out of memory on the device; lower --batch-size (or the number of images or samples at once)\n"
+    )
 
 
 def test_an_error_line_goes_to_stderr_in_one_write(monkeypatch):

@@ -1,11 +1,12 @@
 """evaluate.py --exact: -log p(x) by integration over the latent plane, checked against closed forms and the IWAE bound."""
+
 import json
 import math
 
 import pytest
 import torch
-
 from conftest import run
+
 from evaluate import exact_nll, iwae_bounds, log_bernoulli, model_exact_nll
 from mnist import load_mnist
 from models import VAE
@@ -25,7 +26,7 @@ def linear_gaussian(seed=0, mirror=False):
     if mirror:
         z[:, 0] = z[:, 0].abs() + 0.5
     x = z @ W.T + b + S * torch.randn(len(z), D, generator=g)
-    max_ll = -D / 2 * math.log(2 * math.pi * S ** 2)  # log N(x; x, S^2 I): no z does better
+    max_ll = -D / 2 * math.log(2 * math.pi * S**2)  # log N(x; x, S^2 I): no z does better
     return W, b, x, max_ll
 
 
@@ -35,18 +36,19 @@ def gaussian_log_likelihood(x, W, b, fold=False):
             z = torch.stack([z[:, 0].abs(), z[:, 1]], 1)
         mean = z.double() @ W.double().T + b.double()  # in float64, as the closed forms
         return torch.distributions.Normal(mean, S).log_prob(x[index, None, :].double()).sum(-1)
+
     return log_likelihood
 
 
 def linear_log_px(x, W, b):
-    cov = W.double() @ W.double().T + S ** 2 * torch.eye(D, dtype=torch.float64)
+    cov = W.double() @ W.double().T + S**2 * torch.eye(D, dtype=torch.float64)
     return torch.distributions.MultivariateNormal(b.double(), cov).log_prob(x.double())
 
 
 def posterior(x, W, b):
     """Mean and covariance of p(z|x) for the linear-Gaussian model."""
-    cov = torch.linalg.inv(torch.eye(2, dtype=torch.float64) + W.T.double() @ W.double() / S ** 2)
-    return (x.double() - b.double()) @ W.double() / S ** 2 @ cov, cov
+    cov = torch.linalg.inv(torch.eye(2, dtype=torch.float64) + W.T.double() @ W.double() / S**2)
+    return (x.double() - b.double()) @ W.double() / S**2 @ cov, cov
 
 
 def test_linear_gaussian_matches_the_closed_form():
@@ -54,10 +56,12 @@ def test_linear_gaussian_matches_the_closed_form():
     true = -linear_log_px(x, W, b)
     nll, info = exact_nll(gaussian_log_likelihood(x, W, b), len(x), max_ll)
     assert info["converged"].all()
-    assert (nll - true).abs().max() < 0.01, (nll - true)
+    assert (nll - true).abs().max() < 0.01, nll - true
     mean, _ = posterior(x, W, b)  # each image's box holds its posterior mean, even far out in the prior's tail
     box = info["box"].double()
-    assert ((box[:, 0] < mean[:, 0]) & (mean[:, 0] < box[:, 1]) & (box[:, 2] < mean[:, 1]) & (mean[:, 1] < box[:, 3])).all()
+    assert (
+        (box[:, 0] < mean[:, 0]) & (mean[:, 0] < box[:, 1]) & (box[:, 2] < mean[:, 1]) & (mean[:, 1] < box[:, 3])
+    ).all()
 
 
 def test_two_mode_posterior_matches_the_closed_form():
@@ -73,7 +77,7 @@ def test_two_mode_posterior_matches_the_closed_form():
     assert (mean[:, 0] > 5 * cov[0, 0].sqrt()).all()  # two modes, apart
     hints = torch.stack([mean[:, 0].abs(), mean[:, 1]], 1).float()
     nll, info = exact_nll(gaussian_log_likelihood(x, W, b, fold=True), len(x), max_ll, hints=hints)
-    assert (nll - true).abs().max() < 0.01, (nll - true)
+    assert (nll - true).abs().max() < 0.01, nll - true
     assert (info["box"][:, 0] < -hints[:, 0]).all()  # the mode the hint did not show is in the box too
 
 
@@ -103,7 +107,16 @@ def test_exact_is_below_and_close_to_iwae_on_the_reference_vae(reference_vae):
 def test_exact_needs_a_2d_latent(tmp_path):
     model = VAE(latent_dim=3)
     path = tmp_path / "checkpoint.pt"
-    torch.save({"model": "VAE", "args": {"latent_dim": 3, "seed": 0}, "epoch": 0, "weights": model.state_dict(), "test_loss": 0.0}, path)
+    torch.save(
+        {
+            "model": "VAE",
+            "args": {"latent_dim": 3, "seed": 0},
+            "epoch": 0,
+            "weights": model.state_dict(),
+            "test_loss": 0.0,
+        },
+        path,
+    )
     result = run("evaluate.py", "--checkpoint", path, "--exact", "--limit", 10, check=False)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
@@ -122,7 +135,10 @@ def test_json_has_the_exact_value_and_the_gaps():
 
 def test_latent_dist_draws_the_exact_posterior(tmp_path):
     from PIL import Image
-    result = run("latent_dist.py", "--checkpoint", "runs/VAE/reference", "--images-dir", tmp_path, "--posterior-images", 20)
+
+    result = run(
+        "latent_dist.py", "--checkpoint", "runs/VAE/reference", "--images-dir", tmp_path, "--posterior-images", 20
+    )
     assert str(tmp_path / "VAE_posterior.png") in result.stdout
     width, height = Image.open(tmp_path / "VAE_posterior.png").size
     assert width > 1000 and height > 1000
@@ -130,8 +146,29 @@ def test_latent_dist_draws_the_exact_posterior(tmp_path):
 
 def test_exact_is_computed_for_the_2d_checkpoints_among_others(tmp_path):
     path = tmp_path / "checkpoint.pt"
-    torch.save({"model": "VAE", "args": {"latent_dim": 3, "seed": 0}, "epoch": 0, "weights": VAE(latent_dim=3).state_dict(), "test_loss": 0.0}, path)
-    result = run("evaluate.py", "--checkpoint", "runs/VAE/reference", "--checkpoint", path, "--exact", "--limit", 10, "--k", 20, "--json")
+    torch.save(
+        {
+            "model": "VAE",
+            "args": {"latent_dim": 3, "seed": 0},
+            "epoch": 0,
+            "weights": VAE(latent_dim=3).state_dict(),
+            "test_loss": 0.0,
+        },
+        path,
+    )
+    result = run(
+        "evaluate.py",
+        "--checkpoint",
+        "runs/VAE/reference",
+        "--checkpoint",
+        path,
+        "--exact",
+        "--limit",
+        10,
+        "--k",
+        20,
+        "--json",
+    )
     two, three = json.loads(result.stdout).values()
     assert "exact_nll" in two and two["exact_nll"] <= two["iwae_nll"]
     assert "exact_nll" not in three and three["iwae_nll"] > 0 and three["checkpoint"] == str(path)
@@ -145,10 +182,18 @@ def test_exact_matches_a_brute_force_grid_on_the_reference_vae(reference_vae):
     step = 0.005
     for i in range(len(x)):
         z1_lo, z1_hi, z2_lo, z2_hi = info["box"][i].tolist()
-        grid = [torch.arange(lo - 0.25, hi + 0.25, step, dtype=torch.float64) + step / 2 for lo, hi in ((z1_lo, z1_hi), (z2_lo, z2_hi))]
+        grid = [
+            torch.arange(lo - 0.25, hi + 0.25, step, dtype=torch.float64) + step / 2
+            for lo, hi in ((z1_lo, z1_hi), (z2_lo, z2_hi))
+        ]
         z = torch.stack(torch.meshgrid(*grid, indexing="ij"), -1).reshape(-1, 2)
         with torch.no_grad():
-            log_like = torch.cat([log_bernoulli(model.decode_logits(z[j:j + 20000].float()), x[i]).double() for j in range(0, len(z), 20000)])
-        log_joint = log_like - 0.5 * (z ** 2).sum(1) - math.log(2 * math.pi)
+            log_like = torch.cat(
+                [
+                    log_bernoulli(model.decode_logits(z[j : j + 20000].float()), x[i]).double()
+                    for j in range(0, len(z), 20000)
+                ]
+            )
+        log_joint = log_like - 0.5 * (z**2).sum(1) - math.log(2 * math.pi)
         brute = -(torch.logsumexp(log_joint, 0) + 2 * math.log(step)).item()
         assert abs(brute - nll[i].item()) < 0.02, (i, brute, nll[i].item())

@@ -4,6 +4,7 @@ The page is built from a copy of the committed reference runs (--runs-dir TMP --
 PATH the browser tests are skipped, except where CI or REQUIRE_BROWSER is set (.ci/run sets it
 and installs Debian's chromium): there they fail.
 """
+
 import html
 import json
 import os
@@ -15,9 +16,9 @@ import tempfile
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, run
 from PIL import Image
 
-from conftest import ROOT, run
 from models import VAE, load_checkpoint
 
 RUNS = {name: os.path.join(ROOT, "runs", name, "reference", "checkpoint.pt") for name in ("VAE", "CVAE")}
@@ -27,9 +28,17 @@ WINDOW = (1000, 620)  # the README's screenshot: the plane and the digit side by
 
 # points that nobody chose: a seeded draw over the plane (a few far out, where the sigmoid saturates), and digits
 _generator = torch.Generator().manual_seed(16)
-POINTS = [("VAE", z, None) for z in (torch.randn(2, 2, generator=_generator) * 2).tolist()] + [("VAE", [4.5, -5.0], None)] + \
-         [("CVAE", z, d) for z, d in zip((torch.randn(3, 2, generator=_generator) * 2).tolist(),
-                                          torch.randint(0, 10, (3,), generator=_generator).tolist())]
+POINTS = (
+    [("VAE", z, None) for z in (torch.randn(2, 2, generator=_generator) * 2).tolist()]
+    + [("VAE", [4.5, -5.0], None)]
+    + [
+        ("CVAE", z, d)
+        for z, d in zip(
+            (torch.randn(3, 2, generator=_generator) * 2).tolist(),
+            torch.randint(0, 10, (3,), generator=_generator).tolist(),
+        )
+    ]
+)
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +78,23 @@ def open_page(browser, page, fragment, *flags, tmp=None):
     """Headless Chromium's --dump-dom (or whatever `flags` ask for) of page#fragment; its stdout."""
     with tempfile.TemporaryDirectory(dir=tmp) as profile:  # a fresh profile: no state from another run
         result = subprocess.run(
-            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
-             "--no-first-run", f"--user-data-dir={profile}", "--virtual-time-budget=10000", *flags, f"{page.as_uri()}#{fragment}"],
-            capture_output=True, text=True, timeout=120)
+            [
+                browser,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--hide-scrollbars",
+                "--no-first-run",
+                f"--user-data-dir={profile}",
+                "--virtual-time-budget=10000",
+                *flags,
+                f"{page.as_uri()}#{fragment}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
 
@@ -141,13 +164,17 @@ def test_pointer_clicks_and_buttons(browser, page, models, tmp_path):
     assert np.abs(np.array(pinned["last"]) - as_drawn(decoded(models, "VAE", pinned["b"], None))).max() <= 1
     assert f"{pinned['b'][1]:.3f}" in pinned["text"]  # the pointer gone, the page shows the last click
     cvae = out["cvae"]
-    assert cvae["z"] == pinned["b"] and cvae["digits"] == "" and "model=CVAE" in cvae["hash"] and "digit=7" in cvae["hash"]
+    assert (
+        cvae["z"] == pinned["b"] and cvae["digits"] == "" and "model=CVAE" in cvae["hash"] and "digit=7" in cvae["hash"]
+    )
     assert np.abs(np.array(cvae["pixels"]) - as_drawn(decoded(models, "CVAE", cvae["z"], 7))).max() <= 1
 
 
 def test_one_model_and_the_default_out(browser, runs, tmp_path):
     # from another folder, with no --out: explore.html there, holding the VAE only
-    result = run("explore.py", "--checkpoint", runs / "VAE" / "reference", "--data-dir", os.path.join(ROOT, "data"), cwd=tmp_path)
+    result = run(
+        "explore.py", "--checkpoint", runs / "VAE" / "reference", "--data-dir", os.path.join(ROOT, "data"), cwd=tmp_path
+    )
     page = tmp_path / "explore.html"
     assert result.stdout.strip() == "explore.html" and '"name": "CVAE"' not in page.read_text()
     dump = pre(open_page(browser, page, "model=CVAE&z=0,0&dump", "--dump-dom", tmp=tmp_path), "dump")
@@ -166,7 +193,8 @@ def test_screenshot_shows_the_plane_and_the_digit(browser, page, tmp_path):
     def region(name):
         left, top, width, height = (round(v) for v in layout[name])
         assert left >= 0 and top >= 0 and left + width <= WINDOW[0] and top + height <= WINDOW[1], (name, layout)
-        return pixels[top + 2:top + height - 2, left + 2:left + width - 2]
+        return pixels[top + 2 : top + height - 2, left + 2 : left + width - 2]
+
     plane, digit = region("plane"), region("digit")
     assert layout["plane"][0] < layout["digit"][0]  # side by side
     assert plane.std() > 10 and len(np.unique(plane.reshape(-1, 3), axis=0)) > 100  # the scatter's colours, not a blank
@@ -175,19 +203,30 @@ def test_screenshot_shows_the_plane_and_the_digit(browser, page, tmp_path):
 
 # --- one-line errors ------------------------------------------------------------------------------
 
+
 def checkpoint(path, latent_dim, weights_latent_dim):
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    torch.save({"model": "VAE", "args": {"latent_dim": latent_dim}, "epoch": 0,
-                "weights": VAE(latent_dim=weights_latent_dim).state_dict()}, path)
+    torch.save(
+        {
+            "model": "VAE",
+            "args": {"latent_dim": latent_dim},
+            "epoch": 0,
+            "weights": VAE(latent_dim=weights_latent_dim).state_dict(),
+        },
+        path,
+    )
     return path
 
 
-@pytest.mark.parametrize("case, phrases", [
-    ("missing", ["no checkpoint.pt there"]),
-    ("not fitting", ["do not fit a VAE with latent size 2"]),
-    ("latent 5", ["the explorer page needs a 2-d latent; this run has latent size 5"]),
-    ("two VAEs", ["2 VAE checkpoints given"]),
-])
+@pytest.mark.parametrize(
+    "case, phrases",
+    [
+        ("missing", ["no checkpoint.pt there"]),
+        ("not fitting", ["do not fit a VAE with latent size 2"]),
+        ("latent 5", ["the explorer page needs a 2-d latent; this run has latent size 5"]),
+        ("two VAEs", ["2 VAE checkpoints given"]),
+    ],
+)
 def test_one_line_errors(tmp_path, case, phrases):
     flags = {
         "missing": lambda: ["--checkpoint", tmp_path / "runs" / "VAE" / "gone"],

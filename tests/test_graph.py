@@ -1,13 +1,13 @@
 """graph.py on runs whose logs are empty or partial, and on the committed recipe runs (read only)."""
+
 import os
 import subprocess
 
 import pytest
-from PIL import Image
-from torch.utils.tensorboard import SummaryWriter
-
 from conftest import ROOT, run
+from PIL import Image
 from test_errors import fails_with
+from torch.utils.tensorboard import SummaryWriter
 
 RECIPES = os.path.join(ROOT, "runs", "recipes")
 
@@ -60,7 +60,9 @@ def test_plot_with_no_epoch_anywhere_is_one_line(young_runs, tmp_path):
 
 
 def committed_runs():
-    files = subprocess.run(["git", "ls-files", "runs/recipes"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files", "runs/recipes"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
     return sorted({tuple(path.split("/")[2:4]) for path in files if ".tfevents." in path})  # (model, run name)
 
 

@@ -1,12 +1,13 @@
 """mnist.py unpacks the committed .gz files safely: ordinary permissions, no temporary file left behind, ignored by git."""
+
 import os
 import shutil
 import subprocess
 
 import pytest
+from conftest import ROOT
 
 import mnist
-from conftest import ROOT
 
 RAW = os.path.join(ROOT, "data", "MNIST", "raw")
 

@@ -47,9 +47,15 @@ def test_loss_against_hand_computation():
     p = torch.tensor([[0.1, 0.8, 0.5], [0.6, 0.3, 0.9]])
     mu = torch.tensor([[0.5, -1.0], [0.0, 2.0]])
     logvar = torch.tensor([[0.0, math.log(4.0)], [-1.0, 0.0]])
-    bce_hand = [-sum(xi * math.log(pi) + (1 - xi) * math.log(1 - pi) for xi, pi in zip(xr, pr)) for xr, pr in zip(x.tolist(), p.tolist())]
+    bce_hand = [
+        -sum(xi * math.log(pi) + (1 - xi) * math.log(1 - pi) for xi, pi in zip(xr, pr))
+        for xr, pr in zip(x.tolist(), p.tolist())
+    ]
     # KL(N(mu, s^2) || N(0, 1)) = (s^2 + mu^2 - 1 - log s^2) / 2 per dimension
-    kld_hand = [sum((math.exp(lv) + m * m - 1 - lv) / 2 for m, lv in zip(mr, lr)) for mr, lr in zip(mu.tolist(), logvar.tolist())]
+    kld_hand = [
+        sum((math.exp(lv) + m * m - 1 - lv) / 2 for m, lv in zip(mr, lr))
+        for mr, lr in zip(mu.tolist(), logvar.tolist())
+    ]
     # 781 more pixels at x = 0 with logit -100 add exp(-100) each: nothing at float32 precision
     logits = torch.cat([torch.logit(p), torch.full((2, 781), -100.0)], 1)
     total, bce, kld = loss_function(logits, F.pad(x, (0, 781)), mu, logvar)
@@ -115,6 +121,7 @@ def test_checkpoints_cannot_run_code(tmp_path):
     class Evil:
         def __reduce__(self):
             return (print, ("pwned",))
+
     path = tmp_path / "evil.pt"
     torch.save({"model": "VAE", "model_state": Evil()}, path)
     with pytest.raises(ValueError, match="not a readable checkpoint"):

@@ -1,4 +1,5 @@
 """The committed runs give the figures that the README reports, at the precision it prints them."""
+
 import json
 import os
 import re
@@ -7,17 +8,20 @@ import statistics
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from classifier import load_classifier
-from conftest import ROOT
 from mnist import load_mnist
 from models import loss_sums
 from utils import load_model
 
 RUNS = [("VAE", "reference"), ("CVAE", "reference"), ("VAE", "binarized"), ("CVAE", "binarized")]
-ROW = re.compile(r"^\| (VAE|CVAE) \| [^|]+ \| `runs/(VAE|CVAE)/(\w+)` \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) ± ([\d.]+) \|", re.MULTILINE)
+ROW = re.compile(
+    r"^\| (VAE|CVAE) \| [^|]+ \| `runs/(VAE|CVAE)/(\w+)` \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) ± ([\d.]+) \|",
+    re.MULTILINE,
+)
 
 
 def readme():
@@ -90,7 +94,9 @@ def grid_cells(path, rows, columns=8):
     """The 28 x 28 images of a save_image grid (padding 2), as (rows * columns, 784)."""
     image = torch.from_numpy(np.array(Image.open(path).convert("L"))).float() / 255
     assert image.shape == (2 + 30 * rows, 2 + 30 * columns)
-    return torch.stack([image[2 + r * 30:30 + r * 30, 2 + c * 30:30 + c * 30] for r in range(rows) for c in range(columns)]).view(-1, 784)
+    return torch.stack(
+        [image[2 + r * 30 : 30 + r * 30, 2 + c * 30 : 30 + c * 30] for r in range(rows) for c in range(columns)]
+    ).view(-1, 784)
 
 
 @pytest.mark.parametrize("run_name", ["reference", "binarized"])
@@ -109,7 +115,9 @@ def test_committed_grids_show_the_digits(run_name):
 # --- the literature table: runs/literature.json, the long 2-d run and the latent sizes ---------------
 
 LITERATURE = {"long": 2, "latent5": 5, "latent10": 10, "latent20": 20}  # run name: latent size
-LITERATURE_ROW = re.compile(r"^\| `runs/VAE/(\w+)` \| (\d+) \| [^|]+ \| ([\d.]+) \| ([\d.]+) \| ([\d.]+|–) \| [\d.]+ \|", re.MULTILINE)
+LITERATURE_ROW = re.compile(
+    r"^\| `runs/VAE/(\w+)` \| (\d+) \| [^|]+ \| ([\d.]+) \| ([\d.]+) \| ([\d.]+|–) \| [\d.]+ \|", re.MULTILINE
+)
 
 
 def literature():
@@ -146,24 +154,37 @@ def test_literature_checkpoint_gives_its_test_loss(run_name):
     model, checkpoint = load_model(os.path.join(ROOT, "runs", "VAE", run_name, "checkpoint.pt"))
     assert model.latent_dim == LITERATURE[run_name] and checkpoint["args"]["binarize"] == "dynamic"
     test_x, test_y = load_mnist(os.path.join(ROOT, "data"), train=False, binarized=True)
-    test_elbo = loss_sums(model, test_x, test_y, torch.Generator().manual_seed(checkpoint["args"]["seed"])).sum().item() / len(test_x)
-    assert printed(test_elbo, 2) == printed(literature()[run_name]["test_loss"], 2) == printed(checkpoint["test_loss"], 2)
+    test_elbo = loss_sums(
+        model, test_x, test_y, torch.Generator().manual_seed(checkpoint["args"]["seed"])
+    ).sum().item() / len(test_x)
+    assert (
+        printed(test_elbo, 2) == printed(literature()[run_name]["test_loss"], 2) == printed(checkpoint["test_loss"], 2)
+    )
 
 
-SPEED_ROW = re.compile(r"^\| [^|]*\(`([\w.-]+\.txt)`\) \| ([\d.]+) s \| (\d+)(?: GFLOP/s / –| / (\d+) GFLOP/s) \| (\d+) %(?: / (\d+) %)?(?: of float32)? \|$", re.M)
+SPEED_ROW = re.compile(
+    r"^\| [^|]*\(`([\w.-]+\.txt)`\) \| ([\d.]+) s \| (\d+)(?: GFLOP/s / –| / (\d+) GFLOP/s) \| (\d+) %(?: / (\d+) %)?(?: of float32)? \|$",
+    re.M,
+)
 
 
 def test_the_speed_table_is_what_bench_printed():
     """Each row of the README's speed table: the epoch seconds, float32 peaks and fractions of the bench.py output it names."""
     text = readme()
-    rows = SPEED_ROW.findall(text[text.index("## Speed"):])
+    rows = SPEED_ROW.findall(text[text.index("## Speed") :])
     assert len(rows) == 5, rows
     for name, seconds, before, after, fraction, fraction_after in rows:
         out = open(os.path.join(ROOT, "runs", name), encoding="utf-8").read()
-        m = re.search(r"^python train.py --(?:no-)?bf16: ([\d.]+) s per epoch .*?: (\d+)% of the float32 peak(?: \((\d+)% of it after\))?", out, re.M)
+        m = re.search(
+            r"^python train.py --(?:no-)?bf16: ([\d.]+) s per epoch .*?: (\d+)% of the float32 peak(?: \((\d+)% of it after\))?",
+            out,
+            re.M,
+        )
         assert m and m[1] == seconds and m[2] == fraction and m[3] == (fraction_after or None), (name, m and m.groups())
         # the README rounds the printed GFLOP/s to whole numbers
-        assert abs(float(re.search(r"^matmul peak, float32: ([\d.]+) GFLOP/s", out, re.M)[1]) - int(before)) <= 0.5, name
+        assert abs(float(re.search(r"^matmul peak, float32: ([\d.]+) GFLOP/s", out, re.M)[1]) - int(before)) <= 0.5, (
+            name
+        )
         m = re.search(r"^matmul peak again after the epochs: float32 ([\d.]+) GFLOP/s", out, re.M)
         assert bool(m) == bool(after) and (not m or abs(float(m[1]) - int(after)) <= 0.5), name
 
@@ -179,4 +200,7 @@ def test_the_readme_python_example_runs(monkeypatch):
     assert scope["model"].training is False and scope["images"].shape == (16, 784)
     assert scope["logits"].shape == (10000, 784) and 0 < scope["images"].min() and scope["images"].max() < 1
     # one z per image, from the global generator: the logged test loss of that run, up to the noise of one draw
-    assert abs(scope["loss"].item() - json.load(open(os.path.join(ROOT, "runs", "reference.json")))["VAE"]["test_loss"]) < 0.2
+    assert (
+        abs(scope["loss"].item() - json.load(open(os.path.join(ROOT, "runs", "reference.json")))["VAE"]["test_loss"])
+        < 0.2
+    )

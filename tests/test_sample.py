@@ -2,6 +2,7 @@
 
 The committed reference runs (runs/VAE/reference, runs/CVAE/reference) are read only; pictures go to tmp_path.
 """
+
 import json
 import os
 import shutil
@@ -10,12 +11,12 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, run, run_process
 from PIL import Image
 
-from conftest import ROOT, run, run_process
+import utils
 from mnist import load_mnist
 from models import VAE, read_checkpoint
-import utils
 
 VAE_RUN = os.path.join(ROOT, "runs", "VAE", "reference")
 CVAE_RUN = os.path.join(ROOT, "runs", "CVAE", "reference")
@@ -36,7 +37,7 @@ def size(rows, columns):
 
 
 def cell(grid, row, column):
-    return grid[2 + 30 * row:30 + 30 * row, 2 + 30 * column:30 + 30 * column]
+    return grid[2 + 30 * row : 30 + 30 * row, 2 + 30 * column : 30 + 30 * column]
 
 
 def as_saved(images):
@@ -57,6 +58,7 @@ def test_set():
 @pytest.fixture(scope="module")
 def classify():
     from classifier import load_classifier
+
     classifier = load_classifier(os.path.join(DATA, "classifier.pt"))
 
     def digits(cells):
@@ -64,6 +66,7 @@ def classify():
         x = torch.tensor(np.stack(cells), dtype=torch.float32).div(255)
         with torch.no_grad():
             return classifier(x).argmax(1).numpy()
+
     return digits
 
 
@@ -79,6 +82,7 @@ def reference_weights(run_dir):
 
 
 # --- layouts and contents -----------------------------------------------------------------------------
+
 
 def test_prior_layout_and_seed(tmp_path):
     grid = picture(tmp_path, "prior", "--checkpoint", VAE_RUN, name="a.png")
@@ -144,7 +148,9 @@ def test_traverse_2d_orientation(tmp_path):
 def test_traverse_larger_latent_sweeps_each_dimension(tmp_path):
     torch.manual_seed(0)
     model = VAE(latent_dim=3).eval()
-    path = save_checkpoint(str(tmp_path / "runs" / "VAE" / "wide" / "checkpoint.pt"), "VAE", model.state_dict(), latent_dim=3)
+    path = save_checkpoint(
+        str(tmp_path / "runs" / "VAE" / "wide" / "checkpoint.pt"), "VAE", model.state_dict(), latent_dim=3
+    )
     grid = picture(tmp_path, "traverse", "--steps", 4, "--checkpoint", path)
     assert grid.shape == size(3, 4)  # a row per dimension
     with torch.no_grad():
@@ -170,8 +176,9 @@ def test_restyle_columns_are_the_digits(tmp_path, test_set, classify):
 
 
 def test_binarized_run_shows_binarized_test_images(tmp_path):
-    path = save_checkpoint(str(tmp_path / "runs" / "VAE" / "bin" / "checkpoint.pt"), "VAE", reference_weights(VAE_RUN),
-                           binarize="dynamic")
+    path = save_checkpoint(
+        str(tmp_path / "runs" / "VAE" / "bin" / "checkpoint.pt"), "VAE", reference_weights(VAE_RUN), binarize="dynamic"
+    )
     grid = picture(tmp_path, "reconstruct", "-n", 8, "--checkpoint", path)
     binarized = as_saved(load_mnist(DATA, train=False, binarized=True)[0][:8])
     assert all(close(cell(grid, 0, c), binarized[c]) for c in range(8))
@@ -179,6 +186,7 @@ def test_binarized_run_shows_binarized_test_images(tmp_path):
 
 
 # --- which run, and where the picture goes --------------------------------------------------------------
+
 
 def test_picks_the_newest_run_of_the_model_it_needs(tmp_path):
     runs = tmp_path / "runs"
@@ -202,11 +210,14 @@ def test_picks_the_newest_run_of_the_model_it_needs(tmp_path):
     assert result.returncode != 0 and "no CVAE checkpoint" in result.stderr and len(result.stderr.splitlines()) == 1
 
 
-@pytest.mark.parametrize("flags, name", [
-    (["prior", "--checkpoint", VAE_RUN], "VAE_prior.png"),
-    (["prior", "-n", 8, "--digit", 7, "--checkpoint", CVAE_RUN], "CVAE_prior_7.png"),
-    (["traverse", "--steps", 3, "--checkpoint", CVAE_RUN], "CVAE_traverse.png"),
-])
+@pytest.mark.parametrize(
+    "flags, name",
+    [
+        (["prior", "--checkpoint", VAE_RUN], "VAE_prior.png"),
+        (["prior", "-n", 8, "--digit", 7, "--checkpoint", CVAE_RUN], "CVAE_prior_7.png"),
+        (["traverse", "--steps", 3, "--checkpoint", CVAE_RUN], "CVAE_traverse.png"),
+    ],
+)
 def test_default_out_is_images_model_command(tmp_path, flags, name):
     # run from tmp_path, so that the default images/ is TMP/images and not the repo's
     result = run("sample.py", *flags, "--data-dir", DATA, cwd=tmp_path)
@@ -216,6 +227,7 @@ def test_default_out_is_images_model_command(tmp_path, flags, name):
 
 # --- the command line -----------------------------------------------------------------------------------
 
+
 def test_help_lists_commands_and_defaults():
     text = run("sample.py", "--help").stdout
     assert all(command in text for command in ["prior", "reconstruct", "interpolate", "traverse", "restyle"])
@@ -224,30 +236,34 @@ def test_help_lists_commands_and_defaults():
     assert "(default: 20)" in traverse and "(default: 3.0)" in traverse
 
 
-@pytest.mark.parametrize("flags", [
-    [],                                                         # no command
-    ["draw"],                                                   # not a command
-    ["prior", "--digit", 3, "--checkpoint", VAE_RUN],           # a VAE has no digits
-    ["restyle", "--checkpoint", VAE_RUN],
-    ["restyle", "--model", "VAE"],
-    ["prior", "--model", "CVAE", "--checkpoint", VAE_RUN],      # the checkpoint is a VAE
-    ["prior", "--checkpoint", VAE_RUN, "--checkpoint", CVAE_RUN],
-    ["interpolate", "--between", 0, 10000, "--checkpoint", VAE_RUN],  # outside the test set
-    ["interpolate", "--between", -1, 2, "--checkpoint", VAE_RUN],
-    ["interpolate", "--checkpoint", VAE_RUN],                   # --between is required
-    ["reconstruct", "-n", 10001, "--checkpoint", VAE_RUN],
-    ["prior", "-n", 0, "--checkpoint", VAE_RUN],
-    ["restyle", "-n", -2, "--checkpoint", CVAE_RUN],
-    ["interpolate", "--between", 0, 1, "--steps", 0, "--checkpoint", VAE_RUN],
-    ["traverse", "--range", 0, "--checkpoint", VAE_RUN],
-    ["traverse", "--range", "wide", "--checkpoint", VAE_RUN],
-    ["prior", "--digit", 10, "--checkpoint", CVAE_RUN],
-    ["prior", "--run-name", "no-such-run"],
-    ["prior", "--checkpoint", "no/such/run"],
-])
+@pytest.mark.parametrize(
+    "flags",
+    [
+        [],  # no command
+        ["draw"],  # not a command
+        ["prior", "--digit", 3, "--checkpoint", VAE_RUN],  # a VAE has no digits
+        ["restyle", "--checkpoint", VAE_RUN],
+        ["restyle", "--model", "VAE"],
+        ["prior", "--model", "CVAE", "--checkpoint", VAE_RUN],  # the checkpoint is a VAE
+        ["prior", "--checkpoint", VAE_RUN, "--checkpoint", CVAE_RUN],
+        ["interpolate", "--between", 0, 10000, "--checkpoint", VAE_RUN],  # outside the test set
+        ["interpolate", "--between", -1, 2, "--checkpoint", VAE_RUN],
+        ["interpolate", "--checkpoint", VAE_RUN],  # --between is required
+        ["reconstruct", "-n", 10001, "--checkpoint", VAE_RUN],
+        ["prior", "-n", 0, "--checkpoint", VAE_RUN],
+        ["restyle", "-n", -2, "--checkpoint", CVAE_RUN],
+        ["interpolate", "--between", 0, 1, "--steps", 0, "--checkpoint", VAE_RUN],
+        ["traverse", "--range", 0, "--checkpoint", VAE_RUN],
+        ["traverse", "--range", "wide", "--checkpoint", VAE_RUN],
+        ["prior", "--digit", 10, "--checkpoint", CVAE_RUN],
+        ["prior", "--run-name", "no-such-run"],
+        ["prior", "--checkpoint", "no/such/run"],
+    ],
+)
 def test_errors_are_one_line(tmp_path, monkeypatch, capsys, flags):
     # in this process, to keep the test quick
     import sample
+
     out = tmp_path / "x.png"
     monkeypatch.chdir(ROOT)
     monkeypatch.setattr(sys, "argv", ["sample.py", *map(str, flags), "--out", str(out)])
@@ -260,7 +276,18 @@ def test_errors_are_one_line(tmp_path, monkeypatch, capsys, flags):
 
 
 def test_an_error_is_one_line_on_stderr_of_a_real_process(tmp_path):
-    result = run_process("sample.py", "interpolate", "--between", 0, 10000, "--checkpoint", VAE_RUN, "--out", tmp_path / "x.png", check=False)
+    result = run_process(
+        "sample.py",
+        "interpolate",
+        "--between",
+        0,
+        10000,
+        "--checkpoint",
+        VAE_RUN,
+        "--out",
+        tmp_path / "x.png",
+        check=False,
+    )
     assert result.returncode == 1 and result.stdout == ""
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr, result.stderr
 

@@ -1,9 +1,9 @@
 """graph.py, latent_dist.py, evaluate.py and bench.py on the smoke runs."""
+
 import json
 
-from PIL import Image
-
 from conftest import run
+from PIL import Image
 
 
 def test_graph_writes_both_loss_figures(smoke, tmp_path):

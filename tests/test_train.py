@@ -1,7 +1,7 @@
 """train.py and train_CVAE.py: what a run writes, exact resume, and a run's folder that nothing overwrites."""
+
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -9,10 +9,10 @@ import time
 
 import pytest
 import torch
+from conftest import ROOT, run, train_flags
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import ROOT, run, train_flags
 from mnist import load_mnist
 from models import CVAE, VAE, load_checkpoint, loss_sums, read_checkpoint
 
@@ -52,7 +52,9 @@ def test_one_epoch_writes_logs_pictures_grid_and_checkpoint(smoke, model_name, M
     embedding = run_dir / step_dir / "test_latent_means"
     assert len((embedding / "tensors.tsv").read_text().splitlines()) == 10000
     assert (embedding / "metadata.tsv").read_text().splitlines()[:3] == ["7", "2", "1"]  # the first test labels
-    assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(events(run_dir).PluginTagToContent("hparams"))
+    assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(
+        events(run_dir).PluginTagToContent("hparams")
+    )
 
     model = load_checkpoint(run_dir / "checkpoint.pt")
     assert isinstance(model, Model) and model.latent_dim == 2
@@ -107,7 +109,9 @@ def kill_during_epoch(cmd, run_dir, epoch, sig):
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
     if checkpoint.exists():
-        assert read_checkpoint(checkpoint)["epoch"] < epoch - 1 + (epoch == 1), "the run got past that epoch before the signal"
+        assert read_checkpoint(checkpoint)["epoch"] < epoch - 1 + (epoch == 1), (
+            "the run got past that epoch before the signal"
+        )
     return proc.returncode, out, err
 
 
@@ -116,10 +120,16 @@ def test_kill_then_resume_with_only_the_name_matches_an_uninterrupted_run(tmp_pa
     flags = ["--epochs", 2, "--limit", 30000, "--seed", 7, *CPU]
     runs = ["--runs-dir", tmp_path / "runs"]
     run(script, *flags, *runs, "--out-dir", tmp_path / "whole", "--run-name", "whole")
-    cmd = [sys.executable, os.path.join(ROOT, script), *map(str, [*flags, *runs, "--out-dir", tmp_path / "ob", "--run-name", "b"])]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, script),
+        *map(str, [*flags, *runs, "--out-dir", tmp_path / "ob", "--run-name", "b"]),
+    ]
     run_dir = tmp_path / "runs" / model_name / "b"
     kill_during_epoch(cmd, run_dir, epoch, signal.SIGKILL)
-    run(script, "--run-name", "b", "--resume", *runs, *CPU)  # --epochs 2, --seed 7, --limit and --out-dir come from run.json
+    run(
+        script, "--run-name", "b", "--resume", *runs, *CPU
+    )  # --epochs 2, --seed 7, --limit and --out-dir come from run.json
     assert_same_weights(weights(tmp_path, "whole", model_name), weights(tmp_path, "b", model_name))
     assert sorted(os.listdir(tmp_path / "ob" / "b")) == ["000.png", "001.png"]
     for name in ("000.png", "001.png"):  # each grid is the one the uninterrupted run drew
@@ -129,12 +139,21 @@ def test_kill_then_resume_with_only_the_name_matches_an_uninterrupted_run(tmp_pa
 
 
 def test_ctrl_c_exits_with_one_line_and_keeps_the_last_checkpoint(tmp_path):
-    cmd = [sys.executable, os.path.join(ROOT, "train.py"), *map(str, ["--epochs", 3, "--limit", 30000, *CPU, *train_flags(tmp_path, "i")])]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "train.py"),
+        *map(str, ["--epochs", 3, "--limit", 30000, *CPU, *train_flags(tmp_path, "i")]),
+    ]
     run_dir = tmp_path / "runs" / "VAE" / "i"
     code, out, err = kill_during_epoch(cmd, run_dir, 2, signal.SIGINT)
     assert code != 0 and "Traceback" not in err
     [line] = err.strip().splitlines()
-    assert "interrupted in epoch 2" in line and "checkpoint of epoch 1 is kept" in line and "--run-name i" in line and "--resume" in line
+    assert (
+        "interrupted in epoch 2" in line
+        and "checkpoint of epoch 1 is kept" in line
+        and "--run-name i" in line
+        and "--resume" in line
+    )
     assert read_checkpoint(run_dir / "checkpoint.pt")["epoch"] == 0
     assert isinstance(load_checkpoint(run_dir / "checkpoint.pt"), VAE)
 
@@ -144,13 +163,33 @@ def test_resume_from_a_checkpoint_written_before_run_json(tmp_path):
     run_dir = tmp_path / "runs" / "VAE" / "old"
     run_dir.mkdir(parents=True)
     checkpoint = torch.load(os.path.join(ROOT, "runs", "VAE", "reference", "checkpoint.pt"), weights_only=True)
-    old = {"model": "VAE", "args": dict(checkpoint["args"], epochs=1, limit=300, bf16=None), "epoch": 0, "test_loss": 0.0}
+    old = {
+        "model": "VAE",
+        "args": dict(checkpoint["args"], epochs=1, limit=300, bf16=None),
+        "epoch": 0,
+        "test_loss": 0.0,
+    }
     model = VAE()
     optimizer = torch.optim.AdamW(model.parameters())
-    old.update(model_state=model.state_dict(), optimizer_state=optimizer.state_dict(),
-               scheduler_state=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0).state_dict())
+    old.update(
+        model_state=model.state_dict(),
+        optimizer_state=optimizer.state_dict(),
+        scheduler_state=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0).state_dict(),
+    )
     torch.save(old, run_dir / "checkpoint.pt")
-    result = run("train.py", "--run-name", "old", "--resume", "--epochs", 2, "--runs-dir", tmp_path / "runs", "--out-dir", tmp_path / "out", *CPU)
+    result = run(
+        "train.py",
+        "--run-name",
+        "old",
+        "--resume",
+        "--epochs",
+        2,
+        "--runs-dir",
+        tmp_path / "runs",
+        "--out-dir",
+        tmp_path / "out",
+        *CPU,
+    )
     assert "epoch   2/2" in result.stdout
     assert read_checkpoint(run_dir / "checkpoint.pt")["epoch"] == 1
     assert os.listdir(tmp_path / "out" / "old") == ["001.png"]
@@ -181,5 +220,7 @@ utils.main(page_faults_per_step)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 def test_a_script_reuses_freed_memory_instead_of_faulting_in_fresh_pages():
     # a fresh process, for a fresh malloc; without utils.main's mallopt a step faults in ~200 new pages (its 800 KB gradients)
-    result = subprocess.run([sys.executable, "-c", MEASURE_PAGE_FAULTS], cwd=ROOT, capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", MEASURE_PAGE_FAULTS], cwd=ROOT, capture_output=True, text=True, check=True
+    )
     assert float(result.stdout) < 20

@@ -1,10 +1,12 @@
-"""explore.py: the page's decoder, run in headless Chromium, against PyTorch's; its controls; its picture; its one-line errors.
+"""explore.py: the page's decoder, run in headless Chromium, against PyTorch's; its controls; its picture; its
+one-line errors; its template, a file of its own.
 
-The page is built from a copy of the committed reference runs (--runs-dir TMP --run-name reference). Without a Chromium on the
-PATH the browser tests are skipped, except where CI or REQUIRE_BROWSER is set (.ci/run sets it
+The page is built from a copy of the committed reference runs (--runs-dir TMP --run-name reference). Without a
+Chromium on the PATH the browser tests are skipped, except where CI or REQUIRE_BROWSER is set (.ci/run sets it
 and installs Debian's chromium): there they fail.
 """
 
+import ast
 import html
 import json
 import os
@@ -12,6 +14,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +24,7 @@ from PIL import Image
 
 from models import VAE, load_checkpoint
 
+TEMPLATE = Path(ROOT) / "explore_page.html"
 RUNS = {name: os.path.join(ROOT, "runs", name, "reference", "checkpoint.pt") for name in ("VAE", "CVAE")}
 BROWSERS = ("chromium", "chromium-browser")
 REQUIRED = bool(os.environ.get("CI") or os.environ.get("REQUIRE_BROWSER"))
@@ -36,6 +40,7 @@ POINTS = (
         for z, d in zip(
             (torch.randn(3, 2, generator=_generator) * 2).tolist(),
             torch.randint(0, 10, (3,), generator=_generator).tolist(),
+            strict=True,
         )
     ]
 )
@@ -53,7 +58,7 @@ def browser():
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """A copy of the reference checkpoints, TMP/runs/MODEL/reference/checkpoint.pt: the page and PyTorch read the same files."""
+    """A copy of the reference checkpoints in TMP/runs/MODEL/reference/: the page and PyTorch read the same files."""
     tmp = tmp_path_factory.mktemp("runs")
     for name, path in RUNS.items():
         os.makedirs(tmp / name / "reference")
@@ -131,8 +136,10 @@ def test_decode_in_the_browser(browser, page, models, tmp_path, name, z, digit):
 # Run after the page's own script: pointer over the plane, two clicks, the CVAE's button and a digit's.
 HARNESS = """<script>
 const out = {}, r = plane.getBoundingClientRect();
-const at = (type, fx, fy) => plane.dispatchEvent(new PointerEvent(type, {bubbles: true, clientX: r.left + fx * r.width, clientY: r.top + fy * r.height}));
-const pixels = (id, left) => Array.from($(id).getContext("2d").getImageData(left || 0, 0, 28, 28).data.filter((_, i) => i % 4 === 0));
+const at = (type, fx, fy) => plane.dispatchEvent(new PointerEvent(type,
+  {bubbles: true, clientX: r.left + fx * r.width, clientY: r.top + fy * r.height}));
+const pixels = (id, left) =>
+  Array.from($(id).getContext("2d").getImageData(left || 0, 0, 28, 28).data.filter((_, i) => i % 4 === 0));
 at("pointermove", 0.3, 0.6);
 out.hover = {z: state.hover, pixels: pixels("digit"), text: $("z").textContent};
 at("click", 0.3, 0.6); at("pointermove", 0.7, 0.25); at("click", 0.7, 0.25); at("pointerleave", 0.7, 0.25);
@@ -151,7 +158,10 @@ def test_pointer_clicks_and_buttons(browser, page, models, tmp_path):
     harnessed = tmp_path / "harnessed.html"
     harnessed.write_text(page.read_text().replace("</body>", HARNESS + "</body>"))
     out = json.loads(pre(open_page(browser, harnessed, "model=VAE", "--dump-dom", tmp=tmp_path), "harness"))
-    as_drawn = lambda p: np.round(255 * p)
+
+    def as_drawn(p):
+        return np.round(255 * p)
+
     hover = out["hover"]
     assert hover["z"][0] < 0 < -hover["z"][1]  # left of the centre and below it
     assert np.abs(np.array(hover["pixels"]) - as_drawn(decoded(models, "VAE", hover["z"], None))).max() <= 1
@@ -199,6 +209,28 @@ def test_screenshot_shows_the_plane_and_the_digit(browser, page, tmp_path):
     assert layout["plane"][0] < layout["digit"][0]  # side by side
     assert plane.std() > 10 and len(np.unique(plane.reshape(-1, 3), axis=0)) > 100  # the scatter's colours, not a blank
     assert digit.std() > 30 and (digit > 200).any() and (digit < 30).any()  # white ink on black
+
+
+def test_the_template_is_a_file_of_its_own():
+    # explore.py holds no page: every string in it of more than one line is a docstring
+    with open(os.path.join(ROOT, "explore.py"), encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.FunctionDef | ast.ClassDef) and ast.get_docstring(node) is not None
+    }
+    strings = [node for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)]
+    assert [node.lineno for node in strings if "\n" in node.value and id(node) not in docstrings] == []
+    assert TEMPLATE.read_text(encoding="utf-8").count("/*DATA*/null") == 1  # the placeholder that explore.py fills
+
+
+def test_the_template_opened_as_it_is(browser, tmp_path):
+    # no models and no error: a message that says what it is (set by the script's last lines, after all the others)
+    message = re.search(
+        r'<span id="message">([^<]*)</span>', open_page(browser, TEMPLATE, "", "--dump-dom", tmp=tmp_path)
+    )
+    assert message and "template" in message.group(1) and "python explore.py" in message.group(1)
 
 
 # --- one-line errors ------------------------------------------------------------------------------

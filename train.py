@@ -29,7 +29,7 @@ from tqdm import tqdm
 import utils
 from mnist import BINARIZE, binarize, load_mnist
 from models import MODELS, encode_means, loss_function, loss_sums, read_checkpoint
-from sample import prior_grid, reconstruction_grid
+from pictures import prior_grid, reconstruction_grid
 
 # The default recipe, chosen by measurement (runs/recipes/README.md); train_CVAE.py changes a few.
 DEFAULTS = dict(
@@ -103,14 +103,15 @@ def command_line(model_name, defaults, argv=None):
     p.add_argument(
         "--bf16",
         action="store_true",
-        help="train with bfloat16 matrix products (autocast); evaluation and samples stay float32; "
-        "auto: on where the hardware multiplies bfloat16 natively (CPUs with AVX512-BF16 or AMX, NVIDIA GPUs from Ampere on)",
+        help="train with bfloat16 matrix products (autocast); evaluation and samples stay float32; auto: on where "
+        "the hardware multiplies bfloat16 natively (CPUs with AVX512-BF16 or AMX, NVIDIA GPUs from Ampere on)",
     )
     p.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in float32")
     p.add_argument(
         "--binarize",
         choices=BINARIZE,
-        help="none: grey-level pixels; dynamic: each training pixel drawn as Bernoulli(grey level) each epoch, the test set binarised once",
+        help="none: grey-level pixels; dynamic: each training pixel drawn as Bernoulli(grey level) each epoch, "
+        "the test set binarised once",
     )
     p.add_argument("--latent-dim", type=number(int), help="size of the latent space z")
     p.add_argument("--seed", type=int, help="random seed: the same seed and flags give the same weights on CPU")
@@ -140,13 +141,14 @@ def command_line(model_name, defaults, argv=None):
 
 
 def settings(defaults, given, saved=None):
-    """The run's flags under the rule above; `saved` is the run's run.json (or an older checkpoint's args) on --resume."""
+    """The run's flags under the rule above; `saved` is the run's run.json (or an old checkpoint's args) on --resume."""
     if saved is None:
         return {**defaults, **given}
     for flag in FIXED:
         if flag in given and given[flag] != saved.get(flag, defaults[flag]):
+            theirs = saved.get(flag, defaults[flag])
             raise utils.UserError(
-                f"--resume: --{flag.replace('_', '-')} {given[flag]} differs from the run's {saved.get(flag, defaults[flag])}; "
+                f"--resume: --{flag.replace('_', '-')} {given[flag]} differs from the run's {theirs}; "
                 f"drop it, or start a new run"
             )
     if "ema" in given and bool(given["ema"]) != bool(saved.get("ema")):
@@ -188,8 +190,9 @@ def learning_rate(args, epoch, step, steps_per_epoch):
 
 
 def kl_weight(args, epoch, step, steps_per_epoch):
-    """The KLD's weight at step `step` of epoch `epoch` (both from 0): --beta, reached linearly from 0 at the end of
-    epoch --kl-warmup-epochs. Like the learning rate, a function of how far training has got, so a resume continues it."""
+    """The KLD's weight at step `step` of epoch `epoch` (both from 0): --beta, reached linearly from 0 at the
+    end of epoch --kl-warmup-epochs. Like the learning rate, a function of how far training has got, so that
+    a resume continues it where it was."""
     done = epoch + (step + 1) / steps_per_epoch  # epochs done after this step
     if done >= args.kl_warmup_epochs:
         return args.beta
@@ -207,8 +210,8 @@ def batches(images, labels, order, batch_size, rank=0, world=1):
 def train_epoch(
     model, optimizer, lr_at, average, batches, bf16=False, generator=None, desc="", total=None, show=True, beta_at=None
 ):
-    """One pass over `batches`, step i at learning rate lr_at(i), minimising BCE + beta_at(i) * KLD (default: the -ELBO);
-    returns the sums [bce, kld, images, objective], the last learning rate and the last KLD weight."""
+    """One pass over `batches`, step i at learning rate lr_at(i), minimising BCE + beta_at(i) * KLD (default:
+    the -ELBO); returns the sums [bce, kld, images, objective], the last learning rate and the last KLD weight."""
     model.train()
     sums = None
     bar = tqdm(batches, desc=desc, total=total, leave=False, disable=None if show else True)  # None: only on a terminal
@@ -343,146 +346,66 @@ def run_training(model_name, args, record, checkpoint, run_dir, device, rank, wo
     master = rank == 0  # only this process writes logs, grids and checkpoints
     bf16 = utils.use_bf16(args.bf16, device)  # auto is resolved where the run runs
     grid_dir = os.path.join(args.out_dir, args.run_name)
-    checkpoint_path = os.path.join(run_dir, utils.CHECKPOINT)
-    dynamic = utils.binarized(args.binarize)
-
-    # data: the whole of MNIST as tensors on the device; --val holds out the last training images
-    train_x, train_y = load_mnist(args.data_dir, train=True)
-    test_x, test_y = load_mnist(args.data_dir, train=False, binarized=dynamic)
-    val_x, val_y = train_x[len(train_x) - args.val :], train_y[len(train_x) - args.val :]
-    if dynamic:  # drawn once, as the test images are
-        val_x = binarize(val_x, torch.Generator().manual_seed(0))
-    train_x, train_y = (
-        train_x[: len(train_x) - args.val][: args.limit].to(device),
-        train_y[: len(train_y) - args.val][: args.limit].to(device),
-    )
-    test_x, test_y, val_x, val_y = test_x.to(device), test_y.to(device), val_x.to(device), val_y.to(device)
+    (train_x, train_y), (test_x, test_y), (val_x, val_y) = load_data(args, device)
 
     # `model` holds the weights that the optimizer trains, and the training step calls it through `step_model`
     # (under torchrun DistributedDataParallel, which averages the gradients over the processes); `tested` holds
     # the weights that are tested, sampled and saved as "weights": the moving average with --ema, else `model`
-    steps_per_epoch = math.ceil(len(train_x) / args.batch_size)
     model, optimizer, average = build(model_name, args, device)
     step_model = DistributedDataParallel(model) if world > 1 else model
     tested = average.module if average else model
     noise = torch.randn(SAMPLES, args.latent_dim, generator=torch.Generator().manual_seed(args.seed)).to(device)
+    start_epoch = restore(checkpoint, model, optimizer, average, args, run_dir, model_name)
+    if start_epoch >= args.epochs:
+        if master:
+            print(f"{run_dir} has trained {start_epoch} epochs already; pass a larger --epochs to train further")
+        return
 
-    start_epoch = 0
-    if checkpoint:
-        try:
-            model.load_state_dict(checkpoint.get("trained_weights", checkpoint["weights"]))
-            if average:
-                average.load_state_dict(checkpoint["average_state"])
-            optimizer.load_state_dict(checkpoint["optimizer_state"])
-        except (RuntimeError, KeyError, ValueError):
-            raise utils.UserError(
-                f"--resume: {checkpoint_path} does not fit the {model_name} of its flags (latent size {args.latent_dim}); "
-                f"it is damaged or from other code: start a new run"
-            ) from None
-        for group in optimizer.param_groups:  # the saved state brings the old hyperparameters: the run's flags win
-            group["weight_decay"] = args.weight_decay
-        start_epoch = checkpoint["epoch"] + 1
-        if start_epoch >= args.epochs:
-            if master:
-                print(f"{run_dir} has trained {start_epoch} epochs already; pass a larger --epochs to train further")
-            return
-
-    # the run is valid: only now are folders emptied (--overwrite) and run.json written
-    if master:
-        if args.resume and not checkpoint:
-            print(f"{run_dir} stopped before its first checkpoint: starting it again from epoch 1 with its own flags")
-        if args.overwrite:
-            for folder in (run_dir, grid_dir):
-                if os.path.isdir(folder):
-                    shutil.rmtree(folder)
-        utils.writable_dir(run_dir, "--runs-dir")
-        utils.writable_dir(grid_dir, "--out-dir")
-        (record["resumes"][-1] if record.get("resumes") else record).update(
-            epoch=start_epoch, ran=what_ran(device, bf16)
-        )
-        utils.write_run(run_dir, record)
-    # purge_step: a reader drops what an interrupted attempt logged from the first epoch this one redoes
-    writer = SummaryWriter(run_dir, purge_step=start_epoch if args.resume else None) if master else None
-    if master:
+    if master:  # the run is valid: only now are folders emptied (--overwrite) and run.json written
+        open_folders(args, record, checkpoint, run_dir, grid_dir, dict(epoch=start_epoch, ran=what_ran(device, bf16)))
         held_out = f", {len(val_x)} held out for validation" if args.val else ""
         print(
-            f"{model_name}: {len(train_x)} training images{held_out}, {sum(p.numel() for p in model.parameters())} parameters, "
-            f"{world} process(es) on {device}, bfloat16 {bf16}; logs in {run_dir}, samples in {grid_dir}/"
+            f"{model_name}: {len(train_x)} training images{held_out}, "
+            f"{sum(p.numel() for p in model.parameters())} parameters, {world} process(es) on {device}, "
+            f"bfloat16 {bf16}; logs in {run_dir}, samples in {grid_dir}/"
         )
+    # purge_step: a reader drops what an interrupted attempt logged from the first epoch this one redoes
+    writer = SummaryWriter(run_dir, purge_step=start_epoch if args.resume else None) if master else None
 
     epoch = start_epoch
     try:
         for epoch in range(start_epoch, args.epochs):
             t0 = time.time()
-            images = train_x
-            if dynamic:  # the same pixels in every process, and on a resume
-                images = binarize(train_x, torch.Generator(device).manual_seed(epoch_seed(args.seed, epoch, 1)))
-            order = torch.randperm(
-                len(train_x), generator=torch.Generator().manual_seed(epoch_seed(args.seed, epoch, 0))
-            ).to(device)
-            noise_generator = torch.Generator(device).manual_seed(epoch_seed(args.seed, epoch, 2 + rank))
-            sums, lr, beta = train_epoch(
-                step_model,
-                optimizer,
-                lambda step: learning_rate(args, epoch, step, steps_per_epoch),
-                average,
-                batches(images, train_y, order, args.batch_size, rank, world),
-                bf16,
-                noise_generator,
-                desc=f"epoch {epoch + 1}/{args.epochs}",
-                total=steps_per_epoch,
-                show=master,
-                beta_at=lambda step: kl_weight(args, epoch, step, steps_per_epoch),
+            sums, lr, beta = train_one_epoch(
+                step_model, optimizer, average, train_x, train_y, args, epoch, bf16, rank, world
             )
             # evaluate.py repeats this test loss with the same generator
-            test_sums = loss_sums(
-                tested, test_x[rank::world], test_y[rank::world], torch.Generator(device).manual_seed(args.seed + rank)
-            )
-            val_sums = loss_sums(
-                tested, val_x[rank::world], val_y[rank::world], torch.Generator(device).manual_seed(args.seed + rank)
-            )
+            test_sums = loss_sums(tested, test_x[rank::world], test_y[rank::world], eval_noise(args, device, rank))
+            val_sums = loss_sums(tested, val_x[rank::world], val_y[rank::world], eval_noise(args, device, rank))
             if world > 1:
                 for tensor in (sums, test_sums, val_sums):
                     dist.all_reduce(tensor)
-            if master:
-                log_epoch(
-                    writer,
-                    tested,
-                    epoch,
-                    sums,
-                    test_sums / len(test_x),
-                    val_sums / max(len(val_x), 1) if args.val else None,
-                    lr,
-                    beta,
-                    noise,
-                    test_x,
-                    test_y,
-                    grid_dir,
-                )
-                state = {
-                    "model": model_name,
-                    "args": vars(args),
-                    "epoch": epoch,
-                    "weights": tested.state_dict(),
-                    "optimizer_state": optimizer.state_dict(),
-                    "test_loss": test_sums.sum().item() / len(test_x),
-                }
-                if args.val:
-                    state["val_loss"] = val_sums.sum().item() / len(val_x)
-                if average:
-                    state.update(trained_weights=model.state_dict(), average_state=average.state_dict())
-                utils.save_atomic(state, checkpoint_path)
-                writer.add_scalar("time/epoch_seconds", time.time() - t0, epoch)  # the whole epoch: bench.py reads it
-                val = f"  val {state['val_loss']:7.2f}" if args.val else ""
-                tqdm.write(
-                    f"epoch {epoch + 1:3d}/{args.epochs}  train {(sums[0] + sums[1]).item() / sums[2].item():7.2f}{val}  "
-                    f"test {state['test_loss']:7.2f}  lr {lr:.2e}  {time.time() - t0:5.1f}s"
-                )
+            if not master:
+                continue
+            means = {"train": sums[:2] / sums[2], "test": test_sums / len(test_x)}
+            if args.val:
+                means["val"] = val_sums / len(val_x)
+            objective = sums[3].item() / sums[2].item()
+            log_scalars(writer, epoch, means, {"lr": lr, "beta": beta, "train/objective": objective})
+            log_pictures(writer, tested, epoch, noise, test_x, test_y, grid_dir)
+            test_loss = test_sums.sum().item() / len(test_x)
+            val_loss = val_sums.sum().item() / len(val_x) if args.val else None
+            save_checkpoint(model_name, args, epoch, model, optimizer, average, run_dir, test_loss, val_loss)
+            writer.add_scalar("time/epoch_seconds", time.time() - t0, epoch)  # the whole epoch: bench.py reads it
+            val = f"  val {val_loss:7.2f}" if args.val else ""
+            tqdm.write(
+                f"epoch {epoch + 1:3d}/{args.epochs}  train {(sums[0] + sums[1]).item() / sums[2].item():7.2f}{val}  "
+                f"test {test_loss:7.2f}  lr {lr:.2e}  {time.time() - t0:5.1f}s"
+            )
     except KeyboardInterrupt:
         kept = f"the checkpoint of epoch {epoch} is kept" if epoch > 0 else "nothing was saved yet"
-        raise utils.UserError(
-            f"interrupted in epoch {epoch + 1}; {kept}: continue with {resume_command(model_name, args)}"
-        ) from None
+        resume = resume_command(model_name, args)
+        raise utils.UserError(f"interrupted in epoch {epoch + 1}; {kept}: continue with {resume}") from None
     except FloatingPointError as e:
         if epoch > start_epoch or checkpoint:
             raise utils.UserError(
@@ -495,19 +418,118 @@ def run_training(model_name, args, record, checkpoint, run_dir, device, rank, wo
     if master:
         log_run(writer, tested, args, test_x, test_y, epoch)
         writer.close()
-    if world > 1:  # every process must end with the same weights: a difference is a bug, and fails the run
-        weights = torch.cat([p.detach().flatten() for p in model.parameters()])
-        reference = weights.clone()
-        dist.broadcast(reference, 0)
-        same = torch.tensor([float(torch.equal(weights, reference))], device=device)
-        dist.all_reduce(same, op=dist.ReduceOp.MIN)
-        if not same.item():
-            raise utils.UserError(
-                f"the weights differ between the {world} processes after training; the run in {run_dir} "
-                f"is not to be trusted: report this with the command you ran"
-            )
-        if master:
-            print(f"weights identical on all {world} processes: True")
+    if world > 1:
+        check_same_weights(model, world, device, run_dir, master)
+
+
+def load_data(args, device):
+    """(train_x, train_y), (test_x, test_y), (val_x, val_y): the whole of MNIST as tensors on the device.
+    --val holds out the last training images, --limit keeps the first N of the rest; binarised runs
+    (--binarize dynamic) see binarised test and validation images, drawn once."""
+    dynamic = utils.binarized(args.binarize)
+    train_x, train_y = load_mnist(args.data_dir, train=True)
+    test_x, test_y = load_mnist(args.data_dir, train=False, binarized=dynamic)
+    kept = len(train_x) - args.val
+    val_x, val_y = train_x[kept:], train_y[kept:]
+    if dynamic:  # drawn once, as the test images are
+        val_x = binarize(val_x, torch.Generator().manual_seed(0))
+    train_x, train_y = train_x[:kept][: args.limit], train_y[:kept][: args.limit]
+    return [(x.to(device), y.to(device)) for x, y in ((train_x, train_y), (test_x, test_y), (val_x, val_y))]
+
+
+def restore(checkpoint, model, optimizer, average, args, run_dir, model_name):
+    """Load a resumed run's checkpoint into the model, its average and the optimizer; the epoch to start from."""
+    if not checkpoint:
+        return 0
+    try:
+        model.load_state_dict(checkpoint.get("trained_weights", checkpoint["weights"]))
+        if average:
+            average.load_state_dict(checkpoint["average_state"])
+        optimizer.load_state_dict(checkpoint["optimizer_state"])
+    except (RuntimeError, KeyError, ValueError):
+        raise utils.UserError(
+            f"--resume: {os.path.join(run_dir, utils.CHECKPOINT)} does not fit the {model_name} of its flags "
+            f"(latent size {args.latent_dim}); it is damaged or from other code: start a new run"
+        ) from None
+    for group in optimizer.param_groups:  # the saved state brings the old hyperparameters: the run's flags win
+        group["weight_decay"] = args.weight_decay
+    return checkpoint["epoch"] + 1
+
+
+def open_folders(args, record, checkpoint, run_dir, grid_dir, what):
+    """Empty the run's folders on --overwrite, make them, and write run.json with `what` (epoch, what ran)."""
+    if args.resume and not checkpoint:
+        print(f"{run_dir} stopped before its first checkpoint: starting it again from epoch 1 with its own flags")
+    if args.overwrite:
+        for folder in (run_dir, grid_dir):
+            if os.path.isdir(folder):
+                shutil.rmtree(folder)
+    utils.writable_dir(run_dir, "--runs-dir")
+    utils.writable_dir(grid_dir, "--out-dir")
+    (record["resumes"][-1] if record.get("resumes") else record).update(what)
+    utils.write_run(run_dir, record)
+
+
+def train_one_epoch(step_model, optimizer, average, train_x, train_y, args, epoch, bf16, rank, world):
+    """Epoch `epoch` of training, its random numbers from (seed, epoch): train_epoch's sums, lr and beta."""
+    steps_per_epoch = math.ceil(len(train_x) / args.batch_size)
+    device = train_x.device
+    images = train_x
+    if utils.binarized(args.binarize):  # the same pixels in every process, and on a resume
+        images = binarize(train_x, torch.Generator(device).manual_seed(epoch_seed(args.seed, epoch, 1)))
+    order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(epoch_seed(args.seed, epoch, 0)))
+    return train_epoch(
+        step_model,
+        optimizer,
+        lambda step: learning_rate(args, epoch, step, steps_per_epoch),
+        average,
+        batches(images, train_y, order.to(device), args.batch_size, rank, world),
+        bf16,
+        torch.Generator(device).manual_seed(epoch_seed(args.seed, epoch, 2 + rank)),
+        desc=f"epoch {epoch + 1}/{args.epochs}",
+        total=steps_per_epoch,
+        show=rank == 0,
+        beta_at=lambda step: kl_weight(args, epoch, step, steps_per_epoch),
+    )
+
+
+def eval_noise(args, device, rank):
+    """The generator of the test and validation losses' noise: the same every epoch, and in evaluate.py."""
+    return torch.Generator(device).manual_seed(args.seed + rank)
+
+
+def save_checkpoint(model_name, args, epoch, model, optimizer, average, run_dir, test_loss, val_loss=None):
+    """Write the epoch's checkpoint atomically, with its test (and validation) -ELBO."""
+    tested = average.module if average else model
+    state = {
+        "model": model_name,
+        "args": vars(args),
+        "epoch": epoch,
+        "weights": tested.state_dict(),
+        "optimizer_state": optimizer.state_dict(),
+        "test_loss": test_loss,
+    }
+    if val_loss is not None:
+        state["val_loss"] = val_loss
+    if average:
+        state.update(trained_weights=model.state_dict(), average_state=average.state_dict())
+    utils.save_atomic(state, os.path.join(run_dir, utils.CHECKPOINT))
+
+
+def check_same_weights(model, world, device, run_dir, master):
+    """Every process must end with the same weights: a difference is a bug, and fails the run."""
+    weights = torch.cat([p.detach().flatten() for p in model.parameters()])
+    reference = weights.clone()
+    dist.broadcast(reference, 0)
+    same = torch.tensor([float(torch.equal(weights, reference))], device=device)
+    dist.all_reduce(same, op=dist.ReduceOp.MIN)
+    if not same.item():
+        raise utils.UserError(
+            f"the weights differ between the {world} processes after training; the run in {run_dir} "
+            f"is not to be trusted: report this with the command you ran"
+        )
+    if master:
+        print(f"weights identical on all {world} processes: True")
 
 
 def resume_command(model_name, args):
@@ -516,18 +538,21 @@ def resume_command(model_name, args):
     return f"python {script} --run-name {args.run_name}{runs_dir} --resume"
 
 
-@torch.no_grad()
-def log_epoch(writer, model, epoch, sums, test_means, val_means, lr, beta, noise, test_x, test_y, grid_dir):
-    """The epoch's scalars and pictures to TensorBoard, and its sample grid to GRID_DIR/NNN.png.
-    Every loss is the -ELBO, BCE + KLD; train/objective is what was minimised, BCE + beta * KLD."""
-    means = {"train": sums[:2] / sums[2], "test": test_means, **({"val": val_means} if val_means is not None else {})}
-    scalars = {"lr": lr, "beta": beta, "train/objective": sums[3].item() / sums[2].item()}
+def log_scalars(writer, epoch, means, extra):
+    """The epoch's mean BCE and KLD of each split and their sum, the -ELBO, as SPLIT/bce, SPLIT/kld and SPLIT/loss,
+    after `extra` (lr, beta, and train/objective: what was minimised, BCE + beta * KLD)."""
+    scalars = dict(extra)
     for split, (bce, kld) in means.items():
         scalars.update(
             {f"{split}/bce": bce.item(), f"{split}/kld": kld.item(), f"{split}/loss": bce.item() + kld.item()}
         )
     for tag, value in scalars.items():
         writer.add_scalar(tag, value, epoch)
+
+
+@torch.no_grad()
+def log_pictures(writer, model, epoch, noise, test_x, test_y, grid_dir):
+    """The epoch's samples and reconstructions to TensorBoard, and its sample grid to GRID_DIR/NNN.png."""
     samples = prior_grid(model, noise)
     save_image(samples, os.path.join(grid_dir, f"{epoch:03d}.png"), nrow=8, padding=2)
     writer.add_image("samples", make_grid(samples, nrow=8, padding=2), epoch)
@@ -538,7 +563,8 @@ def log_epoch(writer, model, epoch, sums, test_means, val_means, lr, beta, noise
 
 @torch.no_grad()
 def log_run(writer, model, args, test_x, test_y, epoch):
-    """At the end of a run: the test images' latent means in the Projector, and the flags beside the final test loss in HParams."""
+    """At the end of a run: the test images' latent means in the Projector, and in HParams the flags beside the
+    final test loss."""
     writer.add_embedding(
         encode_means(model, test_x, test_y).cpu(),
         metadata=test_y.tolist(),

@@ -19,6 +19,6 @@ DEFAULTS = dict(
 )
 
 if __name__ == "__main__":
-    # sample.prior_grid draws the CVAE's grid: row r is digit r (0 at the top), and each column keeps
+    # pictures.prior_grid draws the CVAE's grid: row r is digit r (0 at the top), and each column keeps
     # its noise z down the rows, so that it keeps its style (slant, width, stroke) across the digits
     train.main("CVAE", DEFAULTS)

@@ -16,7 +16,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from mnist import load_mnist
 from models import CVAE, VAE, load_checkpoint, loss_sums, read_checkpoint
 
-TAGS = {"train/bce", "train/kld", "train/loss", "test/bce", "test/kld", "test/loss", "lr", "time/epoch_seconds"}
+TAGS = {
+    *("train/bce", "train/kld", "train/loss", "train/objective", "test/bce", "test/kld", "test/loss"),
+    *("lr", "beta", "time/epoch_seconds"),
+}
 CPU = ["--device", "cpu"]  # the tests compare numbers, so they pick their device
 
 
@@ -207,7 +210,8 @@ def page_faults_per_step():
                                       train.batches(images, labels, torch.arange(len(images)), 256), show=False)
     epoch()
     per_step = []
-    for _ in range(5):  # the median of 5 epochs: a rare epoch grows the heap once by a block (~200 faults), then reuses it
+    # the median of 5 epochs: a rare epoch grows the heap once by a block (~200 faults), then reuses it
+    for _ in range(5):
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         epoch()
         per_step.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 20)
@@ -219,7 +223,8 @@ utils.main(page_faults_per_step)
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 def test_a_script_reuses_freed_memory_instead_of_faulting_in_fresh_pages():
-    # a fresh process, for a fresh malloc; without utils.main's mallopt a step faults in ~200 new pages (its 800 KB gradients)
+    # a fresh process, for a fresh malloc; without utils.main's mallopt a step faults in ~200 new pages
+    # (its 800 KB gradients)
     result = subprocess.run(
         [sys.executable, "-c", MEASURE_PAGE_FAULTS], cwd=ROOT, capture_output=True, text=True, check=True
     )

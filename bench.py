@@ -108,7 +108,8 @@ def matmul_rate(dtype, device, n=2048, m=None, k=None, seconds=1.0):
 
 
 def train_py_epochs(model_name, device_name, bf16, batch_size, limit, epochs):
-    """The seconds of each epoch of a real `python train.py` run (training, test pass, pictures, checkpoint), as it logs them."""
+    """The seconds of each epoch of a real `python train.py` run (training, test pass, pictures, checkpoint),
+    as it logs them."""
     script = SCRIPTS[model_name]
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [
@@ -143,7 +144,8 @@ def roofline(model_name, device, cli, bf16, n_train, n_test):
     train_flops, test_flops = flops_per_image(MODELS[model_name]())
     epoch_flops = train_flops * n_train + test_flops * n_test
     print(
-        f"an epoch: {epoch_flops / 1e9:.1f} GFLOP in matrix products (training {train_flops / 1e6:.2f} MFLOP per image x {n_train}, "
+        f"an epoch: {epoch_flops / 1e9:.1f} GFLOP in matrix products "
+        f"(training {train_flops / 1e6:.2f} MFLOP per image x {n_train}, "
         f"test {test_flops / 1e6:.2f} MFLOP x {n_test})"
     )
     peaks = {}
@@ -230,7 +232,8 @@ def main():
         else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     )
     print(
-        f"{cli.model}, {len(images)} images, batch size {cli.batch_size}, bfloat16 {args.bf16}, on {device} ({where}), torch {torch.__version__}"
+        f"{cli.model}, {len(images)} images, batch size {cli.batch_size}, bfloat16 {args.bf16}, "
+        f"on {device} ({where}), torch {torch.__version__}"
     )
     steps = -(-len(images) // cli.batch_size)
     roofline(cli.model, device, cli, bf16, len(images), len(load_mnist(cli.data_dir, train=False)[0]))
@@ -251,7 +254,8 @@ def main():
         seconds, memory = time_epochs(name, make_batches, cli.model, args, device, steps, cli.repeats)
         results[name] = statistics.median(seconds)
         print(
-            f"{name:9s} {results[name]:6.2f} s/epoch  {len(images) / results[name]:8.0f} images/s  peak memory {memory:6.0f} MB"
+            f"{name:9s} {results[name]:6.2f} s/epoch  {len(images) / results[name]:8.0f} images/s  "
+            f"peak memory {memory:6.0f} MB"
             f"  (epochs: {', '.join(f'{s:.2f}' for s in seconds)})"
         )
     print(
@@ -313,7 +317,8 @@ def profile_epoch(model_name, args, device, images, labels, batch_size, steps):
     synchronize(device)
     bare = time.perf_counter() - t0
     print(
-        f"an epoch: {epoch:.2f} s; forward and backward alone, on the same batches: {bare:.2f} s ({bare / epoch:.0%} of the epoch)"
+        f"an epoch: {epoch:.2f} s; forward and backward alone, on the same batches: {bare:.2f} s "
+        f"({bare / epoch:.0%} of the epoch)"
     )
 
 

@@ -3,9 +3,12 @@
 Plots the newest run of each model to images/VAE_loss.png and images/CVAE_loss.png:
 BCE, KLD and their sum (the negative ELBO), train, validation (runs with --val) and test, per epoch.
 python graph.py --table  prints one line per run instead: the README's comparison of recipes.
+python graph.py --rate-distortion  draws images/rate_distortion.png from runs trained with several --beta
+(by default runs/recipes/VAE/rd-*): each run's final test KLD, the rate, against its test BCE, the distortion.
 A run that has logged no epoch yet is left out of the figures, and shows "-" in the table.
 """
 
+import glob
 import os
 import sys
 
@@ -25,7 +28,9 @@ DEFAULTS = dict(
     run=None,  # run folders given by hand
     images_dir="images",
     table=False,
+    rate_distortion=False,
 )
+RATE_DISTORTION_RUNS = os.path.join("recipes", "VAE", "rd-*")  # under --runs-dir: the committed beta sweep
 PANELS = [
     ("bce", "BCE (reconstruction)"),
     ("kld", "KLD (KL to the prior)"),
@@ -49,7 +54,7 @@ def table(runs):
     rows = [("model", "run", "epochs", "test loss", "test bce", "test kld", "train loss", "time s", "val loss")]
     for model, run in runs:
         curves, seconds = read_scalars(run)
-        final = lambda tag: f"{curves[tag][1][-1]:.2f}" if tag in curves else "-"
+        final = lambda tag, curves=curves: f"{curves[tag][1][-1]:.2f}" if tag in curves else "-"
         epochs = max((curves[tag][0][-1] for tag in CURVES if tag in curves), default=0)
         rows.append(
             (
@@ -67,6 +72,61 @@ def table(runs):
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:  # text left-aligned, numbers right-aligned
         print("  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))))
+
+
+def rate_distortion_points(runs):
+    """[(beta, rate, distortion)] of the runs, sorted by beta: the final test KLD and BCE, beta from run.json."""
+    points = []
+    for run in runs:
+        record = utils.read_run(run)
+        if not record:
+            raise utils.UserError(f"{run}: no run.json, so its --beta is unknown; pass runs that train.py wrote")
+        flags = dict(record["flags"])
+        for resume in record.get("resumes", []):
+            flags.update(resume["changed"])
+        curves, _ = read_scalars(run)
+        if "test/kld" not in curves:
+            raise utils.UserError(f"{run}: no epoch logged yet; wait for it, or leave it out")
+        points.append((flags.get("beta", 1.0), curves["test/kld"][1][-1], curves["test/bce"][1][-1]))
+    return sorted(points)
+
+
+def plot_rate_distortion(points, path):
+    """Rate (test KLD) against distortion (test BCE), a point per beta, and the line of constant -ELBO = BCE + KLD
+    through the beta = 1 run (Alemi et al. 2018): runs below it have a better ELBO. Returns the figure's axes."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    betas, rates, distortions = zip(*points)
+    ax.plot(distortions, rates, "o", color="C0", markersize=7, label="a run (final test figures)")
+    for beta, rate, distortion in points:
+        ax.annotate(f"β = {beta:g}", (distortion, rate), textcoords="offset points", xytext=(7, 4))
+    if 1.0 in betas:
+        _, rate, distortion = points[betas.index(1.0)]
+        elbo = rate + distortion
+        d = [min(distortions) - 2, max(distortions) + 2]
+        ax.plot(d, [elbo - x for x in d], "--", color="C3", label=f"-ELBO = {elbo:.2f} (β = 1)")
+    ax.set(xlabel="distortion: test BCE, nats per image", ylabel="rate: test KLD, nats per image")
+    ax.set_title("rate against distortion, β-VAE")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return ax
+
+
+def rate_distortion(runs_dir, chosen, images_dir):
+    runs = chosen or sorted(glob.glob(os.path.join(runs_dir, RATE_DISTORTION_RUNS)))
+    if not runs:
+        raise utils.UserError(
+            f"no runs at {os.path.join(runs_dir, RATE_DISTORTION_RUNS)}; pass runs trained with --beta as --run DIR"
+        )
+    points = rate_distortion_points(runs)
+    print(f"{'beta':>6}  {'rate (KLD)':>10}  {'distortion (BCE)':>16}  {'-ELBO':>7}")
+    for beta, rate, distortion in points:
+        print(f"{beta:6g}  {rate:10.2f}  {distortion:16.2f}  {rate + distortion:7.2f}")
+    path = os.path.join(utils.writable_dir(images_dir, "--images-dir"), "rate_distortion.png")
+    plot_rate_distortion(points, path)
+    print(path)
 
 
 def plot(model, runs, images_dir):
@@ -110,7 +170,16 @@ def main():
         action="store_true",
         help="print final losses and training time of every run (or the chosen ones) instead of plotting",
     )
+    p.add_argument(
+        "--rate-distortion",
+        action="store_true",
+        help="plot the final test KLD (rate) against the test BCE (distortion) of runs trained with several --beta: "
+        f"the --run folders, or RUNS_DIR/{RATE_DISTORTION_RUNS}; to IMAGES_DIR/rate_distortion.png",
+    )
     args, _ = utils.parse(p, DEFAULTS)
+
+    if args.rate_distortion:
+        return rate_distortion(args.runs_dir, args.run, args.images_dir)
 
     if args.table and not (args.run or args.run_name):
         runs = utils.all_runs(args.runs_dir)

@@ -66,13 +66,15 @@ def prepare(data_dir):
 
 
 def unpack(gz, raw):
-    """Unpack to a temporary file, then rename: a killed run never leaves half a file (nor, short of SIGKILL, a temporary one)."""
+    """Unpack to a temporary file, then rename: a killed run never leaves half a file (nor, short of SIGKILL,
+    a temporary one)."""
     raw_dir = os.path.dirname(raw)
     try:
         tmp = tempfile.NamedTemporaryFile(dir=raw_dir, prefix=os.path.basename(raw) + ".", suffix=".tmp", delete=False)
     except PermissionError:
         raise PermissionError(
-            f"cannot unpack {gz} in {raw_dir}: the folder is read-only; copy the data folder somewhere writable and pass that as --data-dir"
+            f"cannot unpack {gz} in {raw_dir}: the folder is read-only; copy the data folder somewhere writable "
+            f"and pass that as --data-dir"
         ) from None
     try:
         with gzip.open(gz, "rb") as src, tmp as dst:

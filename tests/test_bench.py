@@ -40,7 +40,8 @@ def test_tiny_bench_prints_numbers():
     assert abs(percent - 100 * rate / peak) <= 1 and abs(percent_after - 100 * rate / after) <= 1
     for name in ("train.py", "classic"):
         m = re.search(
-            rf"^{re.escape(name)}\s+{NUMBER} s/epoch\s+{NUMBER} images/s\s+peak memory\s+{NUMBER} MB\s+\(epochs: {NUMBER}\)$",
+            rf"^{re.escape(name)}\s+{NUMBER} s/epoch\s+{NUMBER} images/s\s+"
+            rf"peak memory\s+{NUMBER} MB\s+\(epochs: {NUMBER}\)$",
             out,
             re.M,
         )
@@ -61,7 +62,8 @@ def test_tiny_bench_prints_numbers():
 
 
 def test_flops_per_image_from_the_layer_shapes():
-    """By hand, from the layers: forward 2 * in * out each; training three times that, less the first layer's input gradient."""
+    """By hand, from the layers: forward 2 * in * out each; training three times that, less the first layer's
+    input gradient."""
     vae = [(784, 256), (256, 512), (512, 2), (512, 2), (2, 256), (256, 784)]
     cvae = [(794, 256), (256, 512), (512, 2), (512, 2), (12, 512), (512, 784)]
     for Model, layers in ((VAE, vae), (CVAE, cvae)):
@@ -108,7 +110,8 @@ def test_bfloat16_is_not_native_where_avx512_is_turned_off(monkeypatch):
 
 
 def test_the_fraction_is_of_the_peak_before_and_of_the_peak_after_the_epochs(monkeypatch, capsys):
-    """On a shared machine the matmul rate drifts: each fraction is of its own measurement, with epoch FLOPs / median seconds."""
+    """On a shared machine the matmul rate drifts: each fraction is of its own measurement, with epoch FLOPs /
+    median seconds."""
     rates = iter([100e9, 80e9, 50e9])  # float32 2048^2 before, the model's shape before, 2048^2 after
     monkeypatch.setattr(bench, "matmul_rate", lambda *a, **k: next(rates))
     monkeypatch.setattr(bench.utils, "native_bf16", lambda device: False)

@@ -1,4 +1,5 @@
-"""A user's mistake gets one line that names the problem and the fix, a non-zero exit, no traceback, and loses nothing."""
+"""A user's mistake gets one line that names the problem and the fix, a non-zero exit, no traceback, and loses
+nothing."""
 
 import os
 import shutil

@@ -1,8 +1,10 @@
 """graph.py on runs whose logs are empty or partial, and on the committed recipe runs (read only)."""
 
+import json
 import os
 import subprocess
 
+import numpy as np
 import pytest
 from conftest import ROOT, run
 from PIL import Image
@@ -14,7 +16,8 @@ RECIPES = os.path.join(ROOT, "runs", "recipes")
 
 @pytest.fixture
 def young_runs(tmp_path):
-    """runs/CVAE/empty: an event file and no scalars (a run that has just started); runs/VAE/partial: train tags only."""
+    """runs/CVAE/empty: an event file and no scalars (a run that has just started); runs/VAE/partial: train tags
+    only."""
     SummaryWriter(tmp_path / "runs" / "CVAE" / "empty").close()
     writer = SummaryWriter(tmp_path / "runs" / "VAE" / "partial")
     for epoch, (bce, kld) in enumerate([(180.0, 4.0), (160.0, 5.0)]):
@@ -87,3 +90,55 @@ def test_figures_of_the_recipes_go_to_the_images_dir(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["CVAE_loss.png", "VAE_loss.png"]
     assert str(tmp_path / "VAE_loss.png") in result.stdout
     assert snapshot(RECIPES) == before
+
+
+def beta_run(runs, name, beta, kld, bce):
+    """A run folder as train.py leaves it: run.json with its --beta, and two epochs of test BCE and KLD."""
+    run_dir = runs / "VAE" / name
+    writer = SummaryWriter(run_dir)
+    for epoch, scale in enumerate((1.5, 1.0)):  # the last epoch's figures are the ones plotted
+        writer.add_scalar("test/bce", bce * scale, epoch)
+        writer.add_scalar("test/kld", kld * scale, epoch)
+    writer.close()
+    (run_dir / "run.json").write_text(json.dumps({"model": "VAE", "flags": {"beta": beta}}))
+    return run_dir
+
+
+def test_rate_distortion_prints_and_draws_each_run_at_its_rate_and_distortion(tmp_path):
+    import graph
+
+    runs = [
+        beta_run(tmp_path / "runs", f"b{b}", b, kld, bce) for b, kld, bce in [(4, 5, 110), (1, 20, 80), (0.25, 40, 70)]
+    ]
+    result = run("graph.py", "--rate-distortion", *[f"--run={r}" for r in runs], "--images-dir", tmp_path / "images")
+    lines = result.stdout.splitlines()
+    assert [line.split() for line in lines[1:4]] == [
+        ["0.25", "40.00", "70.00", "110.00"],
+        ["1", "20.00", "80.00", "100.00"],
+        ["4", "5.00", "110.00", "115.00"],
+    ]
+    assert lines[4] == str(tmp_path / "images" / "rate_distortion.png")
+
+    # the picture: a blue point where each run is (rate up, distortion to the right), a red dashed line
+    # BCE + KLD = 100 through the beta = 1 run, which passes through (90, 10) and misses (70, 10)
+    points = graph.rate_distortion_points([str(r) for r in runs])
+    ax = graph.plot_rate_distortion(points, tmp_path / "rd.png")
+    image = np.asarray(Image.open(tmp_path / "rd.png").convert("RGB")).astype(int)
+
+    def colour_near(distortion, rate, rgb, reach=2):
+        x, y = ax.transData.transform((distortion, rate))
+        row, col = image.shape[0] - int(round(y)), int(round(x))
+        patch = image[row - reach : row + reach + 1, col - reach : col + reach + 1]
+        return (np.abs(patch - np.array(rgb)).sum(-1) < 60).any()
+
+    blue, red = (31, 119, 180), (214, 39, 40)  # matplotlib's C0 and C3
+    for _, rate, distortion in points:
+        assert colour_near(distortion, rate, blue)
+    assert not colour_near(40, 70, blue)  # rate and distortion the other way round
+    assert colour_near(90, 10, red) and colour_near(75, 25, red)
+    assert not colour_near(70, 10, red)
+
+
+def test_rate_distortion_without_runs_is_one_line(tmp_path):
+    result = run("graph.py", "--rate-distortion", "--runs-dir", tmp_path, check=False)
+    fails_with(result, "no runs at", "--run")

@@ -1,4 +1,5 @@
-"""mnist.py unpacks the committed .gz files safely: ordinary permissions, no temporary file left behind, ignored by git."""
+"""mnist.py unpacks the committed .gz files safely: ordinary permissions, no temporary file left behind, ignored
+by git."""
 
 import os
 import shutil

@@ -24,7 +24,9 @@ def test_shapes(Model, shape):
 
 def test_layer_sizes_follow_the_original():
     vae, cvae = VAE(), CVAE()
-    sizes = lambda m: [(l.in_features, l.out_features) for l in m.modules() if isinstance(l, torch.nn.Linear)]
+    sizes = lambda m: [
+        (layer.in_features, layer.out_features) for layer in m.modules() if isinstance(layer, torch.nn.Linear)
+    ]
     assert sizes(vae.encoder) == [(784, 256), (256, 512), (512, 2), (512, 2)]
     assert sizes(vae.decoder) == [(2, 256), (256, 784)]
     assert sizes(cvae.encoder) == [(794, 256), (256, 512), (512, 2), (512, 2)]

@@ -103,7 +103,8 @@ def test_the_schedule_is_a_function_of_how_far_training_has_got():
             1e-2
         )  # the warm-up's last step reaches the peak
     assert train.learning_rate(args, 0, 0, 100) == pytest.approx(1e-4)
-    # --epochs 16 on a finished 10-epoch run stretches the cosine: epoch 11 starts at 0.5 (1 + cos(pi 10/16)) of the peak
+    # --epochs 16 on a finished 10-epoch run stretches the cosine: epoch 11 starts at 0.5 (1 + cos(pi 10/16))
+    # of the peak
     assert train.learning_rate(schedule(epochs=16, lr=1e-2), 10, 0, 50) == pytest.approx(
         1e-2 * 0.5 * (1 + math.cos(math.pi * 10 / 16))
     )
@@ -124,7 +125,7 @@ def test_a_resume_with_more_epochs_logs_the_stretched_schedule(tmp_path):
 
 
 def test_a_finished_run_resumed_without_more_epochs_changes_nothing(tmp_path):
-    run_dir = started_run(tmp_path, "f")
+    started_run(tmp_path, "f")
     before = snapshot(tmp_path)
     result = run(
         "train.py",

@@ -57,7 +57,7 @@ def test_set():
 
 @pytest.fixture(scope="module")
 def classify():
-    from classifier import load_classifier
+    from cnn import load_classifier
 
     classifier = load_classifier(os.path.join(DATA, "classifier.pt"))
 

@@ -25,7 +25,7 @@ from matplotlib.patches import Ellipse
 from torchvision.utils import make_grid
 
 import utils
-from evaluate import iwae_bounds, log_prior, model_exact_nll, model_log_likelihood
+from likelihood import iwae_bounds, log_prior, model_exact_nll, model_log_likelihood
 from mnist import binarize, load_mnist
 from models import encode_means
 
@@ -128,7 +128,10 @@ def mass_levels(log_density, shares=(0.99, 0.9, 0.5)):
 
 @torch.inference_mode()
 def plot_posterior(model, path, images, labels, out, generator, count=8):
-    """Exact p(z|x) against q(z|x) for `count` test images: half where the -ELBO is furthest above -log p(x), half the first ones."""
+    """Exact p(z|x) against q(z|x) for `count` test images.
+
+    Half of them where the -ELBO is furthest above -log p(x), the other half the first of the rest.
+    """
     nll, info = model_exact_nll(model, images, labels)
     elbo, _ = iwae_bounds(model, images, labels, ELBO_SAMPLES, generator)
     gap = elbo - nll  # KL(q(z|x) || p(z|x)) per image, up to the noise of the samples

@@ -1,4 +1,4 @@
-"""evaluate.py --exact: -log p(x) by integration over the latent plane, checked against closed forms and the IWAE bound."""
+"""-log p(x) integrated over the latent plane (likelihood.py, evaluate.py --exact), against closed forms and IWAE."""
 
 import json
 import math
@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import run
 
-from evaluate import exact_nll, iwae_bounds, log_bernoulli, model_exact_nll
+from likelihood import exact_nll, iwae_bounds, log_bernoulli, model_exact_nll
 from mnist import load_mnist
 from models import VAE
 from utils import load_model
@@ -18,7 +18,8 @@ D, S = 20, 0.25  # x in R^20, noise sd: the posterior's sd is about S / sqrt(D) 
 def linear_gaussian(seed=0, mirror=False):
     """p(x|z) = N(x; W z + b, S^2 I), p(z) = N(0, I): p(x) = N(b, W W^T + S^2 I); and 12 images, some far out.
 
-    mirror: images of z with z1 > 0.5 only, whose posteriors under the folded model have two modes, at z1 > 0 and its mirror.
+    mirror: images of z with z1 > 0.5 only, whose posteriors under the folded model have two modes, at z1 > 0 and
+    its mirror.
     """
     g = torch.Generator().manual_seed(seed)
     W, b = torch.randn(D, 2, generator=g), torch.randn(D, generator=g)

@@ -12,7 +12,7 @@ from conftest import ROOT
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from classifier import load_classifier
+from cnn import load_classifier
 from mnist import load_mnist
 from models import loss_sums
 from utils import load_model
@@ -121,7 +121,10 @@ LITERATURE_ROW = re.compile(
 
 
 def literature():
-    """{run name: figures} of `python evaluate.py --checkpoint runs/VAE/long ... --exact --k 5000 --json`, runs/literature.json."""
+    """{run name: figures} of runs/literature.json.
+
+    That is what `python evaluate.py --checkpoint runs/VAE/long ... --exact --k 5000 --json` printed.
+    """
     with open(os.path.join(ROOT, "runs", "literature.json")) as f:
         return {os.path.basename(os.path.dirname(r["checkpoint"])): r for r in json.load(f).values()}
 
@@ -163,20 +166,23 @@ def test_literature_checkpoint_gives_its_test_loss(run_name):
 
 
 SPEED_ROW = re.compile(
-    r"^\| [^|]*\(`([\w.-]+\.txt)`\) \| ([\d.]+) s \| (\d+)(?: GFLOP/s / –| / (\d+) GFLOP/s) \| (\d+) %(?: / (\d+) %)?(?: of float32)? \|$",
+    r"^\| [^|]*\(`([\w.-]+\.txt)`\) \| ([\d.]+) s \| (\d+)(?: GFLOP/s / –| / (\d+) GFLOP/s) "
+    r"\| (\d+) %(?: / (\d+) %)?(?: of float32)? \|$",
     re.M,
 )
 
 
-def test_the_speed_table_is_what_bench_printed():
-    """Each row of the README's speed table: the epoch seconds, float32 peaks and fractions of the bench.py output it names."""
-    text = readme()
+def test_the_speed_history_is_what_bench_printed():
+    """Each row of runs/README.md's table of bench runs: the epoch seconds, float32 peaks and fractions of the
+    bench.py output it names."""
+    text = open(os.path.join(ROOT, "runs", "README.md"), encoding="utf-8").read()
     rows = SPEED_ROW.findall(text[text.index("## Speed") :])
     assert len(rows) == 5, rows
     for name, seconds, before, after, fraction, fraction_after in rows:
         out = open(os.path.join(ROOT, "runs", name), encoding="utf-8").read()
         m = re.search(
-            r"^python train.py --(?:no-)?bf16: ([\d.]+) s per epoch .*?: (\d+)% of the float32 peak(?: \((\d+)% of it after\))?",
+            r"^python train.py --(?:no-)?bf16: ([\d.]+) s per epoch .*?: (\d+)% of the float32 peak"
+            r"(?: \((\d+)% of it after\))?",
             out,
             re.M,
         )
@@ -189,8 +195,40 @@ def test_the_speed_table_is_what_bench_printed():
         assert bool(m) == bool(after) and (not m or abs(float(m[1]) - int(after)) <= 0.5), name
 
 
+README_SPEED_ROW = re.compile(
+    r"^\| [^|]*\(`([\w.-]+\.txt)`\) \| ([\d.]+) s \| (\d+) % / (\d+) % \| ([\d.]+) s \| ([\d.]+) s \|$", re.M
+)
+
+
+def test_the_readme_speed_table_is_the_latest_bench_output():
+    """The README's speed table: a whole epoch, its share of the float32 peak before and after, the training pass
+    and the classic pipeline's, as the bench.py output of each row printed them."""
+    text = readme()
+    speed = text[text.index("## Speed") : text.index("## Tests")]
+    rows = README_SPEED_ROW.findall(speed)
+    assert [row[0] for row in rows] == ["bench-2026-12-03-bfloat16.txt", "bench-2026-12-03-float32.txt"], rows
+    for name, epoch, before, after, ours, classic in rows:
+        out = open(os.path.join(ROOT, "runs", name), encoding="utf-8").read()
+        m = re.search(
+            r"^python train.py --(?:no-)?bf16: ([\d.]+) s per epoch .*?: "
+            r"(\d+)% of the float32 peak \((\d+)% of it after\)",
+            out,
+            re.M,
+        )
+        assert m.groups() == (epoch, before, after), name
+        assert re.search(rf"^train.py\s+{re.escape(ours)} s/epoch", out, re.M), name
+        assert re.search(rf"^classic\s+{re.escape(classic)} s/epoch", out, re.M), name
+
+
+def test_the_readme_is_a_front_door():
+    """At most 12,000 characters, its speed section at most 1,500: method and history go to runs/README.md."""
+    text = readme()
+    assert len(text) <= 12000, len(text)
+    assert len(text[text.index("## Speed") : text.index("\n## ", text.index("## Speed") + 1)]) <= 1500
+
+
 def test_the_readme_python_example_runs(monkeypatch):
-    """The README's Python example, pasted as it is, runs on the committed checkpoint and gives what its comments say."""
+    """The README's Python example, pasted as is, runs on the committed checkpoint and gives what its comments say."""
     text = readme()
     blocks = re.findall(r"^```python\n(.*?)^```", text, re.M | re.S)
     assert len(blocks) == 1, blocks

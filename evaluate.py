@@ -7,6 +7,8 @@ For each model it prints, in nats per image (the mean over the images):
     one process on the same kind of device);
   - the importance-weighted bound on -log p(x) of Burda et al. (IWAE) with --k
     samples per image: never above the -ELBO on average, and tighter as k grows;
+  - the active units of Burda et al.: the latent dimensions whose E_q(z|x)[z_j] varies
+    over the test images (variance above 0.01);
   - with --exact (2-d latents only), -log p(x) itself (for a CVAE -log p(x|y)),
     integrated numerically over the latent plane, and the gap of each bound to it:
     the -ELBO's gap is the mean KL(q(z|x) || p(z|x));
@@ -24,7 +26,7 @@ import utils
 from cnn import accuracy, load_classifier
 from likelihood import MAX_RADIUS, iwae_bounds, model_exact_nll
 from mnist import load_mnist
-from models import loss_sums
+from models import encode_means, loss_sums
 
 DEFAULTS = dict(
     utils.RUN_DEFAULTS,
@@ -36,6 +38,18 @@ DEFAULTS = dict(
     json=False,
     classifier="data/classifier.pt",
 )
+
+
+# --- the latent space ----------------------------------------------------------------------------
+
+
+def active_units(means, threshold=0.01):
+    """The number of active latent dimensions (Burda et al. 2016): those j where Var_x(E_q(z|x)[z_j]) > threshold.
+
+    means: (images, latent_dim), the means of q(z|x) (of q(z|x,y) for a CVAE); the variance is that of
+    these images (divided by their number), so that one image gives 0 rather than nan.
+    """
+    return int((means.double().var(0, correction=0) > threshold).sum())
 
 
 # --- the CVAE's samples, checked by the classifier -------------------------------------------------
@@ -82,6 +96,8 @@ def evaluate_one(path, model, checkpoint, args, device, classifier):
         "logged_test_loss": checkpoint["test_loss"],
         "iwae_nll": iwae.mean().item(),
         "k": args.k,
+        "latent_dim": model.latent_dim,
+        "active_units": active_units(encode_means(model, x, y)),
     }
     if args.exact and model.latent_dim == 2:
         t1 = time.time()
@@ -117,6 +133,11 @@ def report(name, r):
     print(
         f"  {'IWAE bound':17} {r['iwae_nll']:8.2f} nats/image  "
         f"(k={r['k']}; an upper bound on -log p(x) that tightens as k grows)"
+    )
+    given = "x,y" if "label_agreement" in r else "x"
+    print(
+        f"  {'active units':17} {r['active_units']:5d} of {r['latent_dim']}  "
+        f"(variance of E[z|{given}] over the test images > 0.01)"
     )
     if "exact_nll" in r:
         what = "exact -log p(x|y)" if "label_agreement" in r else "exact -log p(x)"

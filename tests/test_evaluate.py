@@ -1,10 +1,16 @@
 """evaluate.py: the -ELBO it prints is the one train.py logged; the CVAE's samples show their digit; one-line errors."""
 
 import json
+import math
+import os
 
 import pytest
 import torch
-from conftest import run
+from conftest import ROOT, run
+
+import utils
+from evaluate import active_units
+from mnist import load_mnist
 
 
 def fails_in_one_line(result, *phrases):
@@ -120,3 +126,43 @@ def test_each_measurement_has_its_own_noise():
     )
     assert a["label_agreement_per_digit"] == b["label_agreement_per_digit"]
     assert b["iwae_nll"] == c["iwae_nll"] and a["iwae_nll"] != b["iwae_nll"]
+
+
+def test_active_units_counts_the_means_that_vary():
+    """Dimensions whose mean of q(z|x) varies over the images by a variance above 0.01, about any centre."""
+    signs = torch.tensor([1.0, -1.0]).repeat(50)  # a * signs has the variance a^2 over the 100 images
+    means = 5 + torch.stack([signs * math.sqrt(v) for v in (1.0, 0.0102, 0.0098)], 1)
+    assert active_units(means) == 2  # not the last, just below 0.01
+    assert active_units(means[:, 2:]) == 0
+    assert active_units(means, threshold=0.005) == 3
+    assert active_units(torch.full((100, 4), 3.0)) == 0  # the same mean for every image: inactive, at any offset
+    assert active_units(means[:1]) == 0  # one image: no variance (and no nan)
+
+
+def counted_active_units(checkpoint_path, limit):
+    """The active units of a checkpoint on the first `limit` test images, counted here from its encoder's means."""
+    model, checkpoint = utils.load_model(os.path.join(ROOT, checkpoint_path))
+    binarized = utils.binarized(checkpoint["args"].get("binarize"))
+    x, y = load_mnist(os.path.join(ROOT, "data"), train=False, binarized=binarized)
+    with torch.no_grad():
+        mu = model.encode(x[:limit], y[:limit] if model.conditional else None)[0].double()
+    variance = (mu - mu.mean(0)).square().mean(0)
+    return int((variance > 0.01).sum()), variance
+
+
+@pytest.mark.parametrize("model_name", ["VAE", "CVAE"])
+def test_json_has_the_active_units(trained, model_name):
+    run_dir = trained if model_name == "VAE" else "runs/CVAE/reference"  # a 1-epoch VAE; the committed CVAE
+    flags = ["--checkpoint", run_dir, "--k", 2, "--n", 10, "--limit", 2000, "--json"]
+    r = json.loads(run("evaluate.py", *flags).stdout)[model_name]
+    count, variance = counted_active_units(r["checkpoint"], 2000)
+    assert r["latent_dim"] == len(variance) and 0 <= r["active_units"] <= r["latent_dim"]
+    assert r["active_units"] == count, variance
+
+
+def test_report_shows_the_active_units():
+    result = run("evaluate.py", "--checkpoint", "runs/CVAE/reference", "--k", 2, "--n", 10, "--limit", 500)
+    count, variance = counted_active_units("runs/CVAE/reference/checkpoint.pt", 500)
+    line = next(line for line in result.stdout.splitlines() if "active units" in line)
+    assert line.split()[2:5] == [str(count), "of", str(len(variance))], line
+    assert "E[z|x,y]" in line and "> 0.01" in line, line

@@ -274,7 +274,8 @@ def profile_epoch(model_name, args, device, images, labels, batch_size, steps):
     lr_at = lambda step: learning_rate(args, 0, step, steps)  # the first epoch's schedule
     order = torch.randperm(len(images), device=device)  # one permutation for all three passes below
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
+
+    def one_epoch():
         train_epoch(
             model,
             optimizer,
@@ -285,6 +286,9 @@ def profile_epoch(model_name, args, device, images, labels, batch_size, steps):
             generator=noise(args, device),
         )
         synchronize(device)
+
+    with profile(activities=activities) as prof:
+        one_epoch()
     print(
         prof.key_averages().table(
             sort_by="self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total", row_limit=12
@@ -293,16 +297,7 @@ def profile_epoch(model_name, args, device, images, labels, batch_size, steps):
 
     # the two timings, both outside the profiler and after the warm-up above, so that their ratio is fair
     t0 = time.perf_counter()
-    train_epoch(
-        model,
-        optimizer,
-        lr_at,
-        average,
-        batches(images, labels, order, batch_size),
-        args.bf16,
-        generator=noise(args, device),
-    )
-    synchronize(device)
+    one_epoch()
     epoch = time.perf_counter() - t0
     # forward and backward alone: the same batches, taken out beforehand; no optimizer, no scheduler, no bookkeeping
     same_batches = list(batches(images, labels, order, batch_size))

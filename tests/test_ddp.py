@@ -6,28 +6,19 @@ import sys
 from conftest import ROOT, train_flags
 
 
+def torchrun(script, tmp_path, name, limit):
+    """Two processes of `script` on gloo, under torchrun, for one epoch on `limit` images."""
+    flags = ["--epochs", 1, "--limit", limit, "--device", "cpu", *train_flags(tmp_path, name)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+    return subprocess.run([*cmd, *map(str, flags)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
 def test_two_processes_with_gloo(tmp_path):
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        os.path.join(ROOT, "train.py"),
-        "--epochs",
-        "1",
-        "--limit",
-        "2000",
-        "--device",
-        "cpu",
-        *map(str, train_flags(tmp_path, "ddp")),
-    ]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = torchrun(os.path.join(ROOT, "train.py"), tmp_path, "ddp", 2000)
     assert result.returncode == 0, result.stderr
     assert "2 process(es)" in result.stdout
-    assert (
-        "weights identical on all 2 processes: True" in result.stdout
-    )  # each process compares its weights with rank 0's
+    # each process compares its weights with rank 0's
+    assert "weights identical on all 2 processes: True" in result.stdout
     assert len(glob.glob(str(tmp_path / "runs" / "VAE" / "ddp" / "events.out.tfevents.*"))) == 1
     assert os.listdir(tmp_path / "out" / "ddp") == ["000.png"]
 
@@ -41,22 +32,7 @@ def torchrun_with(tmp_path, patch, name):
         + "".join(f"    {line}\n" for line in patch.splitlines())
         + "train.main(argv=sys.argv[1:])\n"
     )
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        str(driver),
-        "--epochs",
-        "1",
-        "--limit",
-        "1000",
-        "--device",
-        "cpu",
-        *map(str, train_flags(tmp_path, name)),
-    ]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return torchrun(driver, tmp_path, name, 1000)
 
 
 def test_a_non_finite_loss_in_one_process_stops_every_process_with_the_same_line(tmp_path):

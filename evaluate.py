@@ -97,6 +97,7 @@ def evaluate_one(path, model, checkpoint, args, device, classifier):
         "iwae_nll": iwae.mean().item(),
         "k": args.k,
         "latent_dim": model.latent_dim,
+        "arch": model.arch,
         "active_units": active_units(encode_means(model, x, y)),
     }
     if args.exact and model.latent_dim == 2:

@@ -88,6 +88,10 @@ def main():
             raise utils.UserError(
                 f"{path}: the explorer page needs a 2-d latent; this run has latent size {model.latent_dim}"
             )
+        if model.arch != "original":
+            raise utils.UserError(
+                f"{path}: the explorer page runs the original's decoder; this run has --arch {model.arch}"
+            )
         loaded.append((checkpoint["model"], path, model, checkpoint))
     names = [name for name, *_ in loaded]
     for name in set(names):

@@ -9,16 +9,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 IMAGE_SIZE = 784  # 28 x 28
+# the networks (--arch): the original's, and the MLPs of Davidson et al. (2018), whose Gaussian VAE the README's
+# literature table cites: encoder 784 -> 256 -> 128 and decoder z -> 128 -> 256 -> 784, ReLU throughout
+ARCHS = ("original", "davidson")
 
 
 class Encoder(nn.Module):
-    """q(z|x): input -> 256 (LeakyReLU) -> 512 (ReLU) -> mean and log-variance of a diagonal Gaussian."""
+    """q(z|x): input -> 256 (LeakyReLU) -> 512 (ReLU) -> mean and log-variance of a diagonal Gaussian
+    (arch "davidson": input -> 256 (ReLU) -> 128 (ReLU) -> mean and log-variance)."""
 
-    def __init__(self, in_dim, latent_dim):
+    def __init__(self, in_dim, latent_dim, arch="original"):
         super().__init__()
-        self.body = nn.Sequential(nn.Linear(in_dim, 256), nn.LeakyReLU(), nn.Linear(256, 512), nn.ReLU())
-        self.mu = nn.Linear(512, latent_dim)
-        self.logvar = nn.Linear(512, latent_dim)
+        width, activation = (512, nn.LeakyReLU) if arch == "original" else (128, nn.ReLU)
+        self.body = nn.Sequential(nn.Linear(in_dim, 256), activation(), nn.Linear(256, width), nn.ReLU())
+        self.mu = nn.Linear(width, latent_dim)
+        self.logvar = nn.Linear(width, latent_dim)
 
     def forward(self, inputs):
         h = self.body(inputs)
@@ -29,18 +34,24 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """p(x|z): input -> hidden (ReLU) -> 784 logits, one Bernoulli per pixel."""
+    """p(x|z): input -> hidden layers (ReLU), of the widths given -> 784 logits, one Bernoulli per pixel."""
 
     def __init__(self, in_dim, hidden):
         super().__init__()
-        self.body = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, IMAGE_SIZE))
+        layers = []
+        for width in hidden:
+            layers += [nn.Linear(in_dim, width), nn.ReLU()]
+            in_dim = width
+        self.body = nn.Sequential(*layers, nn.Linear(in_dim, IMAGE_SIZE))
 
     def forward(self, inputs):
-        first, relu, last = self.body
+        first, relu = self.body[0], self.body[1]
         # the input layer in float32, also under bfloat16 autocast, so that z is not rounded to bfloat16 (it is tiny)
         with torch.autocast(inputs.device.type, enabled=False):
             h = relu(first(inputs.float()))
-        return last(h)
+        for layer in self.body[2:]:
+            h = layer(h)
+        return h
 
 
 class VAE(nn.Module):
@@ -48,11 +59,11 @@ class VAE(nn.Module):
 
     conditional = False
 
-    def __init__(self, latent_dim=2, num_classes=0, decoder_hidden=256):
+    def __init__(self, latent_dim=2, num_classes=0, decoder_hidden=256, arch="original"):
         super().__init__()
-        self.latent_dim, self.num_classes = latent_dim, num_classes
-        self.encoder = Encoder(IMAGE_SIZE + num_classes, latent_dim)
-        self.decoder = Decoder(latent_dim + num_classes, decoder_hidden)
+        self.latent_dim, self.num_classes, self.arch = latent_dim, num_classes, arch
+        self.encoder = Encoder(IMAGE_SIZE + num_classes, latent_dim, arch)
+        self.decoder = Decoder(latent_dim + num_classes, (decoder_hidden,) if arch == "original" else (128, 256))
 
     def with_label(self, inputs, y):
         """The CVAE appends the one-hot label to the encoder's and the decoder's input."""
@@ -87,8 +98,8 @@ class VAE(nn.Module):
 class CVAE(VAE):
     conditional = True
 
-    def __init__(self, latent_dim=2, num_classes=10):
-        super().__init__(latent_dim, num_classes, decoder_hidden=512)
+    def __init__(self, latent_dim=2, num_classes=10, arch="original"):
+        super().__init__(latent_dim, num_classes, decoder_hidden=512, arch=arch)
 
 
 MODELS = {"VAE": VAE, "CVAE": CVAE}
@@ -182,7 +193,8 @@ def read_checkpoint(path, device="cpu"):
 
 def model_from(checkpoint, device="cpu", path="the checkpoint"):
     """The model of a checkpoint dict that read_checkpoint returned, with its weights, in eval mode."""
-    model = MODELS[checkpoint["model"]](latent_dim=checkpoint["args"]["latent_dim"])
+    args = checkpoint["args"]
+    model = MODELS[checkpoint["model"]](latent_dim=args["latent_dim"], arch=args.get("arch", "original"))
     try:
         model.load_state_dict(checkpoint["weights"])
     except (RuntimeError, TypeError, KeyError):

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 import utils
 from mnist import BINARIZE, binarize, load_mnist
-from models import MODELS, encode_means, loss_function, loss_sums, read_checkpoint
+from models import ARCHS, MODELS, encode_means, loss_function, loss_sums, read_checkpoint
 from pictures import prior_grid, reconstruction_grid
 
 # The default recipe, chosen by measurement (runs/recipes/README.md); train_CVAE.py changes a few.
@@ -47,6 +47,7 @@ DEFAULTS = dict(
     bf16="auto",  # bfloat16 matrix products in training (autocast); auto: where the hardware has them natively
     binarize="none",  # none: the grey levels, as the original; dynamic: each pixel drawn as Bernoulli(grey) each epoch
     latent_dim=2,
+    arch="original",  # the networks: the original's, or davidson: the MLPs of Davidson et al. 2018 (models.py)
     seed=0,
     limit=None,  # train on the first N training images only
     val=0,  # hold out the last N training images as a validation set, logged as val/* (0: train on all 60,000)
@@ -63,7 +64,12 @@ DEFAULTS = dict(
 # them (run.json's "resumes"); a new run takes the defaults. The learning rate follows from the
 # flags and how far training has got, so --epochs N on a resume re-stretches the schedule to N epochs.
 NOT_SAVED = ("runs_dir", "run_name", "resume", "overwrite")  # where to find the run, and what to do with it
-FIXED = ("latent_dim", "binarize", "val")  # a resumed run cannot change these (nor the model, nor EMA on or off)
+FIXED = (
+    "latent_dim",
+    "arch",
+    "binarize",
+    "val",
+)  # a resumed run cannot change these (nor the model, nor EMA on or off)
 SAMPLES, RECONSTRUCTIONS = 64, 32  # images in the grids logged each epoch
 SCRIPTS = {"VAE": "train.py", "CVAE": "train_CVAE.py"}  # the script that trains each model
 
@@ -114,6 +120,11 @@ def command_line(model_name, defaults, argv=None):
         "the test set binarised once",
     )
     p.add_argument("--latent-dim", type=number(int), help="size of the latent space z")
+    p.add_argument(
+        "--arch",
+        choices=ARCHS,
+        help="the networks: the original's, or davidson, the MLPs of Davidson et al. 2018 (784-256-128, 128-256-784)",
+    )
     p.add_argument("--seed", type=int, help="random seed: the same seed and flags give the same weights on CPU")
     p.add_argument("--limit", type=number(int), help="train on the first N training images only, for quick tries")
     p.add_argument(
@@ -168,7 +179,7 @@ def epoch_seed(seed, epoch, stream):
 def build(model_name, args, device):
     """The model, its optimizer and the weight average, as args ask."""
     torch.manual_seed(args.seed)  # the initial weights
-    model = MODELS[model_name](latent_dim=args.latent_dim).to(device)
+    model = MODELS[model_name](latent_dim=args.latent_dim, arch=args.arch).to(device)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=args.lr, weight_decay=args.weight_decay, fused=device.type != "mps"
     )

@@ -31,6 +31,14 @@ def test_layer_sizes_follow_the_original():
     assert sizes(vae.decoder) == [(2, 256), (256, 784)]
     assert sizes(cvae.encoder) == [(794, 256), (256, 512), (512, 2), (512, 2)]
     assert sizes(cvae.decoder) == [(12, 512), (512, 784)]
+    # --arch davidson: the MLPs of Davidson et al. 2018, ReLU throughout
+    davidson = VAE(latent_dim=20, arch="davidson")
+    assert sizes(davidson.encoder) == [(784, 256), (256, 128), (128, 20), (128, 20)]
+    assert sizes(davidson.decoder) == [(20, 128), (128, 256), (256, 784)]
+    assert [type(m).__name__ for m in davidson.encoder.body] == ["Linear", "ReLU", "Linear", "ReLU"]
+    assert [type(m).__name__ for m in davidson.decoder.body] == ["Linear", "ReLU", "Linear", "ReLU", "Linear"]
+    logits, mu, logvar = davidson(torch.rand(3, 784))
+    assert logits.shape == (3, 784) and mu.shape == logvar.shape == (3, 20)
 
 
 def test_cvae_needs_labels():

@@ -102,9 +102,10 @@ def plot_rate_distortion(points, path):
     if 1.0 in betas:
         _, rate, distortion = points[betas.index(1.0)]
         elbo = rate + distortion
-        d = [min(distortions) - 2, max(distortions) + 2]
+        d = [min(distortions) - 2, min(max(distortions) + 2, elbo)]  # the rate cannot go below 0
         ax.plot(d, [elbo - x for x in d], "--", color="C3", label=f"-ELBO = {elbo:.2f} (β = 1)")
     ax.set(xlabel="distortion: test BCE, nats per image", ylabel="rate: test KLD, nats per image")
+    ax.set_ylim(bottom=0)
     ax.set_title("rate against distortion, β-VAE")
     ax.grid(alpha=0.3)
     ax.legend()

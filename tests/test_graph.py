@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, run
 from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_errors import fails_with
 from torch.utils.tensorboard import SummaryWriter
 
@@ -142,3 +143,18 @@ def test_rate_distortion_prints_and_draws_each_run_at_its_rate_and_distortion(tm
 def test_rate_distortion_without_runs_is_one_line(tmp_path):
     result = run("graph.py", "--rate-distortion", "--runs-dir", tmp_path, check=False)
     fails_with(result, "no runs at", "--run")
+
+
+def test_rate_distortion_from_the_committed_sweep(tmp_path):
+    """The committed beta sweep gives six points whose rate falls as beta grows, and its beta = 1 run is the
+    committed latent10 run again (the same flags, so the same final test -ELBO)."""
+    result = run("graph.py", "--rate-distortion", "--images-dir", tmp_path)
+    rows = [line.split() for line in result.stdout.splitlines()[1:7]]
+    assert [row[0] for row in rows] == ["0.1", "0.25", "0.5", "1", "2", "4"]
+    rates = [float(row[1]) for row in rows]
+    assert rates == sorted(rates, reverse=True)
+    events = EventAccumulator(os.path.join(ROOT, "runs", "VAE", "latent10"), size_guidance={"scalars": 0})
+    events.Reload()
+    latent10 = events.Scalars("test/loss")[-1].value
+    assert rows[3][3] == f"{latent10:.2f}"
+    assert (tmp_path / "rate_distortion.png").stat().st_size > 10_000

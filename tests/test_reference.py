@@ -112,19 +112,21 @@ def test_committed_grids_show_the_digits(run_name):
     assert sorted(os.listdir(os.path.join(ROOT, "out_CVAE", run_name))) == [f"{e:03d}.png" for e in range(20)]
 
 
-# --- the literature table: runs/literature.json, the long 2-d run and the latent sizes ---------------
+# --- the literature table: runs/literature.json, the default, long and davidson runs at each latent size --------
 
-LITERATURE = {"long": 2, "latent5": 5, "latent10": 10, "latent20": 20}  # run name: latent size
+LITERATURE = {  # run name: latent size
+    **{"binarized": 2, "long": 2},
+    **{f"{kind}{d}": d for d in (5, 10, 20) for kind in ("latent", "long", "davidson")},
+}
+PUBLISHED = {2: "135.73", 5: "110.21", 10: "93.84", 20: "88.90"}  # Davidson et al. 2018, Table 1, N-VAE
 LITERATURE_ROW = re.compile(
-    r"^\| `runs/VAE/(\w+)` \| (\d+) \| [^|]+ \| ([\d.]+) \| ([\d.]+) \| ([\d.]+|–) \| [\d.]+ \|", re.MULTILINE
+    r"^\| (\d+) \| `(\w+)` \| ([\d.]+) \| ([\d.]+) \| ([\d.]+|–) \| (\d+) \| ([\d.]+) \|$", re.MULTILINE
 )
 
 
 def literature():
-    """{run name: figures} of runs/literature.json.
-
-    That is what `python evaluate.py --checkpoint runs/VAE/long ... --exact --k 5000 --json` printed.
-    """
+    """{run name: figures} of runs/literature.json: what `python evaluate.py --checkpoint runs/VAE/binarized ...
+    --exact --k 5000 --json` printed (the command is in runs/README.md)."""
     with open(os.path.join(ROOT, "runs", "literature.json")) as f:
         return {os.path.basename(os.path.dirname(r["checkpoint"])): r for r in json.load(f).values()}
 
@@ -134,6 +136,8 @@ def test_literature_json_has_every_run_and_its_bounds_are_in_order():
     assert set(found) == set(LITERATURE)
     for name, r in found.items():
         assert r["k"] == 5000 and r["n_images"] == 10000 and r["binarized"]
+        assert r["latent_dim"] == LITERATURE[name] and 0 <= r["active_units"] <= r["latent_dim"]
+        assert r["arch"] == ("davidson" if name.startswith("davidson") else "original")
         assert r["iwae_nll"] <= r["test_loss"]
         assert ("exact_nll" in r) == (LITERATURE[name] == 2)
         if "exact_nll" in r:
@@ -142,27 +146,29 @@ def test_literature_json_has_every_run_and_its_bounds_are_in_order():
 
 def test_readme_literature_table_is_the_json():
     text = readme()
-    rows = {m[1]: m.groups()[1:] for m in LITERATURE_ROW.finditer(text)}
+    rows = {m[2]: m.groups() for m in LITERATURE_ROW.finditer(text)}
     assert set(rows) == set(LITERATURE), f"README's literature table has rows for {sorted(rows)}"
     for name, r in literature().items():
-        latent, elbo, iwae, exact = rows[name]
-        assert int(latent) == LITERATURE[name]
-        assert (elbo, iwae) == (printed(r["test_loss"], 2), printed(r["iwae_nll"], 2))
+        latent, _, elbo, iwae, exact, active, published = rows[name]
+        assert int(latent) == LITERATURE[name] and published == PUBLISHED[int(latent)]
+        assert (elbo, iwae, int(active)) == (printed(r["test_loss"], 2), printed(r["iwae_nll"], 2), r["active_units"])
         assert exact == (printed(r["exact_nll"], 2) if "exact_nll" in r else "–")
 
 
 @pytest.mark.parametrize("run_name", sorted(LITERATURE))
-def test_literature_checkpoint_gives_its_test_loss(run_name):
-    """An independent −ELBO of the checkpoint on the binarised test set is the logged and reported one."""
+def test_literature_checkpoint_gives_its_test_loss_and_active_units(run_name):
+    """An independent −ELBO of the checkpoint on the binarised test set is the logged and reported one, and an
+    independent count of its active units (variance of the encoder's mean over the test images > 0.01) too."""
     model, checkpoint = load_model(os.path.join(ROOT, "runs", "VAE", run_name, "checkpoint.pt"))
     assert model.latent_dim == LITERATURE[run_name] and checkpoint["args"]["binarize"] == "dynamic"
     test_x, test_y = load_mnist(os.path.join(ROOT, "data"), train=False, binarized=True)
-    test_elbo = loss_sums(
-        model, test_x, test_y, torch.Generator().manual_seed(checkpoint["args"]["seed"])
-    ).sum().item() / len(test_x)
-    assert (
-        printed(test_elbo, 2) == printed(literature()[run_name]["test_loss"], 2) == printed(checkpoint["test_loss"], 2)
-    )
+    generator = torch.Generator().manual_seed(checkpoint["args"]["seed"])
+    test_elbo = loss_sums(model, test_x, test_y, generator).sum().item() / len(test_x)
+    figures = literature()[run_name]
+    assert printed(test_elbo, 2) == printed(figures["test_loss"], 2) == printed(checkpoint["test_loss"], 2)
+    with torch.no_grad():
+        means = model.encoder.mu(model.encoder.body(test_x))
+    assert int((means.double().var(0, correction=0) > 0.01).sum()) == figures["active_units"]
 
 
 SPEED_ROW = re.compile(

@@ -81,9 +81,7 @@ def rate_distortion_points(runs):
         record = utils.read_run(run)
         if not record:
             raise utils.UserError(f"{run}: no run.json, so its --beta is unknown; pass runs that train.py wrote")
-        flags = dict(record["flags"])
-        for resume in record.get("resumes", []):
-            flags.update(resume["changed"])
+        flags = utils.current_flags(record)
         curves, _ = read_scalars(run)
         if "test/kld" not in curves:
             raise utils.UserError(f"{run}: no epoch logged yet; wait for it, or leave it out")

@@ -283,7 +283,7 @@ def open_run(model_name, defaults, given):
             )
         # runs from before run.json kept their flags in the checkpoint
         saved = (
-            current_flags(record)
+            utils.current_flags(record)
             if record
             else {k: v for k, v in checkpoint["args"].items() if k in defaults and k not in NOT_SAVED}
         )
@@ -306,14 +306,6 @@ def open_run(model_name, defaults, given):
             "flags": {k: v for k, v in args.items() if k not in NOT_SAVED},
         }
     return run_dir, dict(args, runs_dir=runs_dir, run_name=run_name), record, checkpoint
-
-
-def current_flags(record):
-    """A run's flags now: those it was started with, as each resume changed them."""
-    flags = dict(record["flags"])
-    for resume in record.get("resumes", []):
-        flags.update(resume["changed"])
-    return flags
 
 
 def what_ran(device, bf16):

@@ -216,6 +216,14 @@ def read_run(run_dir):
         raise UserError(f"{path} is not readable JSON; restore it, or start a new run with --overwrite") from None
 
 
+def current_flags(record):
+    """A run's flags now: those it was started with, as each resume changed them."""
+    flags = dict(record["flags"])
+    for resume in record.get("resumes", []):
+        flags.update(resume["changed"])
+    return flags
+
+
 def write_run(run_dir, record):
     save_atomic(json.dumps(record, indent=2).encode() + b"\n", os.path.join(run_dir, RUN_FILE))
 

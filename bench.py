@@ -31,22 +31,23 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
-import utils
+import cli
 from mnist import load_mnist
 from models import MODELS, loss_function
-from train import DEFAULTS as TRAIN_DEFAULTS
-from train import SCRIPTS, batches, build, learning_rate, train_epoch
+from runs import SCRIPTS
+from train import FLAGS as TRAIN_FLAGS
+from train import train_epoch
 
-DEFAULTS = dict(
-    model="VAE",
-    batch_size=TRAIN_DEFAULTS["batch_size"],
-    repeats=3,  # epochs timed per pipeline; the median is reported
-    device="auto",
-    data_dir="data",
-    limit=None,  # train on the first N training images only
-    bf16="auto",  # as train.py: bfloat16 where the hardware multiplies it natively
-    profile=False,
-    full=False,
+FLAGS = dict(
+    model=("VAE", ["VAE", "CVAE"], "which model to train"),
+    batch_size=TRAIN_FLAGS["batch_size"],
+    repeats=(3, cli.number(int), "epochs timed per pipeline; the median is reported"),
+    device=TRAIN_FLAGS["device"],
+    data_dir=TRAIN_FLAGS["data_dir"],
+    limit=(None, cli.number(int), "train on the first N training images only (default: all 60,000)"),
+    bf16=TRAIN_FLAGS["bf16"],
+    profile=(False, "switch", "profile an epoch, and time it against forward and backward alone"),
+    full=(False, "switch", "time `python train.py` and `python train_CVAE.py` with their defaults"),
 )
 
 
@@ -73,9 +74,25 @@ def peak_memory_mb(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def noise(args, device):
-    """The generator of the reparameterisation noise, as train.py seeds it."""
-    return torch.Generator(device).manual_seed(args.seed)
+def fresh(model_name, args, device):
+    """The model with its initial weights, and its optimizer, as train.py makes them."""
+    torch.manual_seed(args.seed)
+    model = MODELS[model_name](latent_dim=args.latent_dim, arch=args.arch).to(device)
+    return model, torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, fused=True)
+
+
+def classic_epoch(model, optimizer, loader, args, device):
+    """An epoch of the classic pipeline, as pytorch/examples' vae/main.py writes it: each batch from the
+    DataLoader to the device, then train.py's step (forward, loss, backward, optimizer step)."""
+    model.train()
+    for x, y in loader:
+        x, y = x.view(len(x), -1).to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+            logits, mu, logvar = model(x, y)
+        loss = loss_function(logits, x, mu, logvar)[0]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
 
 
 def flops_per_image(model):
@@ -131,7 +148,7 @@ def train_py_epochs(model_name, device_name, bf16, batch_size, limit, epochs):
         ]
         cmd += ["--limit", str(limit)] if limit else []
         if subprocess.run(cmd, stdout=subprocess.DEVNULL, cwd=os.path.dirname(os.path.abspath(__file__))).returncode:
-            raise utils.UserError(
+            raise cli.UserError(
                 f"python {script} failed (its error is above); the roofline times its epochs, so fix that first"
             )
         events = EventAccumulator(os.path.join(tmp, model_name, "bench"))
@@ -139,7 +156,7 @@ def train_py_epochs(model_name, device_name, bf16, batch_size, limit, epochs):
         return [e.value for e in events.Scalars("time/epoch_seconds")]
 
 
-def roofline(model_name, device, cli, bf16, n_train, n_test):
+def roofline(model_name, device, flags, bf16, n_train, n_test):
     """Print the epoch's FLOPs, the measured matmul rates and the fraction of them that train.py's epochs reach."""
     train_flops, test_flops = flops_per_image(MODELS[model_name]())
     epoch_flops = train_flops * n_train + test_flops * n_test
@@ -149,17 +166,17 @@ def roofline(model_name, device, cli, bf16, n_train, n_test):
         f"test {test_flops / 1e6:.2f} MFLOP x {n_test})"
     )
     peaks = {}
-    for dtype in (torch.float32, torch.bfloat16) if utils.native_bf16(device) else (torch.float32,):
+    for dtype in (torch.float32, torch.bfloat16) if cli.use_bf16("auto", device) else (torch.float32,):
         name = str(dtype).removeprefix("torch.")
         peaks[name] = matmul_rate(dtype, device)
         shape = matmul_rate(
-            dtype, device, cli.batch_size, 256, 784
+            dtype, device, flags.batch_size, 256, 784
         )  # the model's own shape: a batch through a 784 x 256 layer
         print(
             f"matmul peak, {name}: {peaks[name] / 1e9:.1f} GFLOP/s (2048 x 2048 x 2048); {shape / 1e9:.1f} GFLOP/s "
-            f"({cli.batch_size} x 784 x 256)"
+            f"({flags.batch_size} x 784 x 256)"
         )
-    seconds = train_py_epochs(model_name, cli.device, bf16, cli.batch_size, cli.limit, 1 + cli.repeats)[
+    seconds = train_py_epochs(model_name, flags.device, bf16, flags.batch_size, flags.limit, 1 + flags.repeats)[
         1:
     ]  # the first warms up
     # measured again after the epochs: on a shared machine the rate drifts, and the two show by how much
@@ -179,79 +196,53 @@ def roofline(model_name, device, cli, bf16, n_train, n_test):
     )
 
 
-def time_epochs(name, make_batches, model_name, args, device, steps, repeats):
-    """Train `repeats` epochs from fresh weights; returns the seconds of each and the peak memory."""
-    model, optimizer, average = build(model_name, args, device)
-    lr_at = lambda step: learning_rate(args, 0, step, steps)  # the first epoch's schedule
-    generator = noise(args, device)
+def time_epochs(name, one_epoch, model_name, args, device, repeats):
+    """Train `repeats` epochs, one_epoch(model, optimizer) each, from fresh weights; the seconds of each epoch and
+    the peak memory."""
+    model, optimizer = fresh(model_name, args, device)
     seconds = []
     peak_memory_reset(device)
     for _ in range(repeats):
         synchronize(device)
         t0 = time.perf_counter()
-        train_epoch(
-            model, optimizer, lr_at, average, make_batches(), args.bf16, generator=generator, desc=name, total=steps
-        )
+        one_epoch(model, optimizer)
         synchronize(device)
         seconds.append(time.perf_counter() - t0)
     return seconds, peak_memory_mb(device)
 
 
 def main():
-    p = utils.parser("Time a training epoch of train.py's pipeline against the classic DataLoader pipeline.", DEFAULTS)
-    p.add_argument("--model", choices=["VAE", "CVAE"], help="which model to train")
-    p.add_argument("--batch-size", type=utils.number(int), help="images per optimizer step")
-    p.add_argument("--repeats", type=utils.number(int), help="epochs timed per pipeline")
-    utils.add_device_flag(p)
-    utils.add_data_flag(p)
-    p.add_argument(
-        "--limit", type=utils.number(int), help="train on the first N training images only (default: all 60,000)"
-    )
-    p.add_argument(
-        "--bf16",
-        action="store_true",
-        help="bfloat16 matrix products (autocast); auto: where the hardware has them natively",
-    )
-    p.add_argument("--no-bf16", dest="bf16", action="store_false", help="float32 throughout")
-    p.add_argument(
-        "--profile", action="store_true", help="profile an epoch, and time it against forward and backward alone"
-    )
-    p.add_argument(
-        "--full", action="store_true", help="time `python train.py` and `python train_CVAE.py` with their defaults"
-    )
-    p.set_defaults(bf16=None)
-    cli, _ = utils.parse(p, DEFAULTS)
-    device = utils.pick_device(cli.device)
-    images, labels = load_mnist(cli.data_dir, train=True)
-    images, labels = images[: cli.limit], labels[: cli.limit]
-    bf16 = utils.use_bf16(cli.bf16, device)
-    args = argparse.Namespace(**{**TRAIN_DEFAULTS, "batch_size": cli.batch_size, "bf16": bf16})
+    description = "Time a training epoch of train.py's pipeline against the classic DataLoader pipeline."
+    flags, _ = cli.parse(cli.parser(description, FLAGS))
+    device = cli.pick_device(flags.device)
+    images, labels = load_mnist(flags.data_dir, train=True)
+    images, labels = images[: flags.limit], labels[: flags.limit]
+    bf16 = cli.use_bf16(flags.bf16, device)
+    train_defaults = {name: default for name, (default, *_) in TRAIN_FLAGS.items()}
+    args = argparse.Namespace(**{**train_defaults, "batch_size": flags.batch_size, "bf16": bf16})
     where = (
         torch.cuda.get_device_name(device)
         if device.type == "cuda"
         else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     )
     print(
-        f"{cli.model}, {len(images)} images, batch size {cli.batch_size}, bfloat16 {args.bf16}, "
+        f"{flags.model}, {len(images)} images, batch size {flags.batch_size}, bfloat16 {args.bf16}, "
         f"on {device} ({where}), torch {torch.__version__}"
     )
-    steps = -(-len(images) // cli.batch_size)
-    roofline(cli.model, device, cli, bf16, len(images), len(load_mnist(cli.data_dir, train=False)[0]))
+    roofline(flags.model, device, flags, bf16, len(images), len(load_mnist(flags.data_dir, train=False)[0]))
 
     # train.py's pipeline: the data set is one tensor on the device; a batch is one indexing operation
     images_dev, labels_dev = images.to(device), labels.to(device)
-    ours = lambda: batches(images_dev, labels_dev, torch.randperm(len(images), device=device), cli.batch_size)
+    ours = lambda model, optimizer: train_epoch(model, optimizer, None, images_dev, labels_dev, args, 0, bf16)
     # the classic pipeline: a PIL image per sample, ToTensor, and the DataLoader's collation
-    dataset = Subset(datasets.MNIST(cli.data_dir, train=True, transform=transforms.ToTensor()), range(len(images)))
+    dataset = Subset(datasets.MNIST(flags.data_dir, train=True, transform=transforms.ToTensor()), range(len(images)))
     extra = {"num_workers": 1, "pin_memory": True} if device.type == "cuda" else {}  # as pytorch/examples/vae
-    loader = DataLoader(dataset, batch_size=cli.batch_size, shuffle=True, **extra)
-    classic = lambda: (
-        (x.view(len(x), -1).to(device, non_blocking=True), y.to(device, non_blocking=True)) for x, y in loader
-    )
+    loader = DataLoader(dataset, batch_size=flags.batch_size, shuffle=True, **extra)
+    classic = lambda model, optimizer: classic_epoch(model, optimizer, loader, args, device)
 
     results = {}
-    for name, make_batches in (("train.py", ours), ("classic", classic)):
-        seconds, memory = time_epochs(name, make_batches, cli.model, args, device, steps, cli.repeats)
+    for name, one_epoch in (("train.py", ours), ("classic", classic)):
+        seconds, memory = time_epochs(name, one_epoch, flags.model, args, device, flags.repeats)
         results[name] = statistics.median(seconds)
         print(
             f"{name:9s} {results[name]:6.2f} s/epoch  {len(images) / results[name]:8.0f} images/s  "
@@ -262,29 +253,19 @@ def main():
         f"train.py's epoch is {results['classic'] / results['train.py']:.2f} times faster than the classic pipeline's"
     )
 
-    if cli.profile:
-        profile_epoch(cli.model, args, device, images_dev, labels_dev, cli.batch_size, steps)
-    if cli.full:
-        time_full_recipe(cli.device)
+    if flags.profile:
+        profile_epoch(flags.model, args, device, images_dev, labels_dev, flags.batch_size)
+    if flags.full:
+        time_full_recipe(flags.device)
 
 
-def profile_epoch(model_name, args, device, images, labels, batch_size, steps):
-    """Where an epoch's time goes, and how close it is to forward and backward alone, on the same batches."""
-    model, optimizer, average = build(model_name, args, device)
-    lr_at = lambda step: learning_rate(args, 0, step, steps)  # the first epoch's schedule
-    order = torch.randperm(len(images), device=device)  # one permutation for all three passes below
+def profile_epoch(model_name, args, device, images, labels, batch_size):
+    """Where an epoch's time goes, and how close it is to forward and backward alone."""
+    model, optimizer = fresh(model_name, args, device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
 
-    def one_epoch():
-        train_epoch(
-            model,
-            optimizer,
-            lr_at,
-            average,
-            batches(images, labels, order, batch_size),
-            args.bf16,
-            generator=noise(args, device),
-        )
+    def one_epoch():  # epoch 0 of train.py each time: the same batches, in the same order
+        train_epoch(model, optimizer, None, images, labels, args, 0, args.bf16)
         synchronize(device)
 
     with profile(activities=activities) as prof:
@@ -299,9 +280,10 @@ def profile_epoch(model_name, args, device, images, labels, batch_size, steps):
     t0 = time.perf_counter()
     one_epoch()
     epoch = time.perf_counter() - t0
-    # forward and backward alone: the same batches, taken out beforehand; no optimizer, no scheduler, no bookkeeping
-    same_batches = list(batches(images, labels, order, batch_size))
-    generator = noise(args, device)
+    # forward and backward alone: batches of the same size, taken out beforehand; no optimizer, no schedule
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed)).to(device)
+    same_batches = [(images[i], labels[i]) for i in order.split(batch_size)]
+    generator = torch.Generator(device).manual_seed(args.seed)
     synchronize(device)
     t0 = time.perf_counter()
     for x, y in same_batches:
@@ -312,7 +294,7 @@ def profile_epoch(model_name, args, device, images, labels, batch_size, steps):
     synchronize(device)
     bare = time.perf_counter() - t0
     print(
-        f"an epoch: {epoch:.2f} s; forward and backward alone, on the same batches: {bare:.2f} s "
+        f"an epoch: {epoch:.2f} s; forward and backward alone, on batches of the same size: {bare:.2f} s "
         f"({bare / epoch:.0%} of the epoch)"
     )
 
@@ -338,7 +320,7 @@ def time_full_recipe(device):
             if subprocess.run(
                 cmd, stdout=subprocess.DEVNULL, cwd=os.path.dirname(os.path.abspath(__file__))
             ).returncode:
-                raise utils.UserError(
+                raise cli.UserError(
                     f"python {script} failed (its error is above); --full times the default recipe, so fix that first"
                 )
             seconds = time.perf_counter() - t0
@@ -348,4 +330,6 @@ def time_full_recipe(device):
 
 
 if __name__ == "__main__":
-    utils.main(main)
+    cli.reuse_freed_memory()  # as train.py
+    with cli.one_line_errors():
+        main()

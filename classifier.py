@@ -14,33 +14,26 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import utils
+import cli
+import runs
 from cnn import Classifier, accuracy
 from mnist import load_mnist
 
-DEFAULTS = dict(
-    epochs=3,
-    batch_size=128,
-    lr=3e-3,  # peak learning rate of Adam, reached after a short warm-up, then cosine decay to zero
-    seed=0,
-    device="cpu",  # the committed weights were trained on the CPU
-    data_dir="data",
-    out="data/classifier.pt",
+FLAGS = dict(
+    epochs=(3, cli.number(int), "epochs to train"),
+    batch_size=(128, cli.number(int), "images per step"),
+    lr=(3e-3, cli.number(float), "peak learning rate of Adam, reached after a short warm-up, then cosine decay"),
+    seed=(0, int, "random seed"),
+    device=("cpu", str, cli.DEVICE_HELP + "; the committed weights were trained on the CPU"),
+    data_dir=("data", str, "the folder that holds MNIST/raw/"),
+    out=("data/classifier.pt", str, "where to save the weights"),
 )
 
 
 def main():
-    p = utils.parser("Train the MNIST classifier that evaluate.py uses to check CVAE samples.", DEFAULTS)
-    p.add_argument("--epochs", type=utils.number(int), help="epochs to train")
-    p.add_argument("--batch-size", type=utils.number(int), help="images per step")
-    p.add_argument("--lr", type=utils.number(float), help="peak learning rate of Adam")
-    p.add_argument("--seed", type=int, help="random seed")
-    utils.add_device_flag(p)
-    utils.add_data_flag(p)
-    p.add_argument("--out", help="where to save the weights")
-    args, _ = utils.parse(p, DEFAULTS)
-    device = utils.pick_device(args.device)
-    utils.writable_dir(os.path.dirname(args.out) or ".", "--out")
+    args, _ = cli.parse(cli.parser("Train the MNIST classifier that evaluate.py uses to check CVAE samples.", FLAGS))
+    device = cli.pick_device(args.device)
+    runs.writable_dir(os.path.dirname(args.out) or ".", "--out")
     train_x, train_y = (t.to(device) for t in load_mnist(args.data_dir, train=True))
     test_x, test_y = (t.to(device) for t in load_mnist(args.data_dir, train=False))
 
@@ -49,7 +42,7 @@ def main():
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     steps_per_epoch = math.ceil(len(train_x) / args.batch_size)
     if args.epochs * steps_per_epoch < 20:  # the one-cycle schedule needs a warm-up of at least two steps
-        raise utils.UserError(
+        raise cli.UserError(
             f"--epochs {args.epochs} at --batch-size {args.batch_size} is only {args.epochs * steps_per_epoch} steps; "
             f"train for 20 or more: lower --batch-size or raise --epochs"
         )
@@ -72,9 +65,10 @@ def main():
                 bar.set_postfix(loss=f"{loss.item():.3f}")
         test_accuracy = accuracy(model, test_x, test_y)
         print(f"epoch {epoch + 1}/{args.epochs}  test accuracy {test_accuracy:.2%}  {time.time() - t0:.0f}s")
-    utils.save_atomic({k: v.cpu() for k, v in model.state_dict().items()}, args.out)
+    runs.save_atomic({k: v.cpu() for k, v in model.state_dict().items()}, args.out)
     print(f"test accuracy {accuracy(model, test_x, test_y):.2%} on {len(test_x)} images; saved to {args.out}")
 
 
 if __name__ == "__main__":
-    utils.main(main)
+    with cli.one_line_errors():
+        main()

@@ -8,6 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import runs
+
 RETRAIN = "run python classifier.py to train it again"
 MEAN, STD = 0.1307, 0.3081  # of the MNIST training pixels
 
@@ -32,19 +34,10 @@ class Classifier(nn.Module):
 
 
 def load_classifier(path="data/classifier.pt", device="cpu"):
-    """The trained Classifier, in eval mode; torch.load with weights_only=True, so that loading runs no code.
-
-    A missing or damaged file raises FileNotFoundError or ValueError with a one-line message (utils.main prints it)."""
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"no classifier at {path}; pass another path, or run python classifier.py --out {path} to train one"
-        ) from None
-    except Exception as e:
-        raise ValueError(
-            f"{path} is not a readable classifier ({type(e).__name__}); it may be truncated or corrupt: {RETRAIN}"
-        ) from None
+    """The trained Classifier, in eval mode, read by runs.read_weights (torch.load with weights_only=True);
+    a missing or damaged file is a one-line error."""
+    missing = f"pass another path, or run python classifier.py --out {path} to train one"
+    state = runs.read_weights(path, device, "classifier", missing, remedy=RETRAIN)
     model = Classifier()
     try:
         model.load_state_dict(state)

@@ -11,9 +11,9 @@ matplotlib.use("Agg")  # files only, no window
 import matplotlib.pyplot as plt
 from matplotlib.patches import FancyBboxPatch, Polygon
 
-import utils
+import cli
+import runs
 
-DEFAULTS = dict(images_dir="images")
 DATA, ENCODER, LATENT, DECODER, LOSS = "#e8e8e8", "#cfe2f3", "#d9ead3", "#fce5cd", "#c0392b"
 
 
@@ -127,11 +127,11 @@ def draw(path):
 
 
 def main():
-    p = utils.parser("Draw a diagram of the VAE to IMAGES_DIR/VAE.png.", DEFAULTS)
-    p.add_argument("--images-dir", help="where VAE.png goes")
-    args, _ = utils.parse(p, DEFAULTS)
-    draw(os.path.join(utils.writable_dir(args.images_dir, "--images-dir"), "VAE.png"))
+    flags = dict(images_dir=("images", str, "where VAE.png goes"))
+    args, _ = cli.parse(cli.parser("Draw a diagram of the VAE to IMAGES_DIR/VAE.png.", flags))
+    draw(os.path.join(runs.writable_dir(args.images_dir, "--images-dir"), "VAE.png"))
 
 
 if __name__ == "__main__":
-    utils.main(main)
+    with cli.one_line_errors():
+        main()

@@ -22,21 +22,23 @@ import time
 
 import torch
 
-import utils
+import cli
+import mnist
+import runs
 from cnn import accuracy, load_classifier
 from likelihood import MAX_RADIUS, iwae_bounds, model_exact_nll
 from mnist import load_mnist
-from models import encode_means, loss_sums
+from models import encode_means, load_model, loss_sums
 
-DEFAULTS = dict(
-    utils.RUN_DEFAULTS,
-    k=1000,  # importance samples per image for the IWAE bound
-    n=1000,  # CVAE samples per digit for the label agreement
-    limit=None,  # evaluate the first LIMIT test images only
-    exact=False,
-    seed=0,  # of the IWAE and sampling noise
-    json=False,
-    classifier="data/classifier.pt",
+FLAGS = dict(
+    cli.RUN_FLAGS,
+    k=(1000, cli.number(int), "importance samples per image for the IWAE bound"),
+    n=(1000, cli.number(int), "CVAE samples per digit classified"),
+    limit=(None, cli.number(int), "use the first LIMIT test images only (default: all 10,000)"),
+    exact=(False, "switch", "also -log p(x) by integration over the latent plane (2-d latents only)"),
+    seed=(0, int, "seed of the IWAE and sampling noise"),
+    classifier=("data/classifier.pt", str, "weights of classifier.py's CNN"),
+    json=(False, "switch", "print the figures as one JSON object, and nothing else, on stdout"),
 )
 
 
@@ -76,7 +78,7 @@ def load_test_images(data_dir, binarized, limit, device):
 
 
 def evaluate_one(path, model, checkpoint, args, device, classifier):
-    binarized = utils.binarized(checkpoint["args"].get("binarize"))
+    binarized = mnist.binarized(checkpoint["args"].get("binarize"))
     x, y = load_test_images(args.data_dir, binarized, args.limit, device)
     t0 = time.time()
     generator = torch.Generator(device).manual_seed(checkpoint["args"]["seed"])  # the noise of train.py's test loss
@@ -164,33 +166,17 @@ def report(name, r):
 
 
 def main():
-    p = utils.parser("Measure trained VAE and CVAE checkpoints on the MNIST test images.", DEFAULTS)
-    utils.add_run_flags(p)
-    p.add_argument("--k", type=utils.number(int), help="importance samples per image for the IWAE bound")
-    p.add_argument("--n", type=utils.number(int), help="CVAE samples per digit classified")
-    p.add_argument("--limit", type=utils.number(int), help="use the first LIMIT test images only (default: all 10,000)")
-    p.add_argument(
-        "--exact", action="store_true", help="also -log p(x) by integration over the latent plane (2-d latents only)"
-    )
-    p.add_argument("--seed", type=int, help="seed of the IWAE and sampling noise")
-    utils.add_device_flag(p)
-    utils.add_data_flag(p)
-    p.add_argument("--classifier", help="weights of classifier.py's CNN")
-    p.add_argument(
-        "--json", action="store_true", help="print the figures as one JSON object, and nothing else, on stdout"
-    )
-    args, _ = utils.parse(p, DEFAULTS)
+    args, _ = cli.parse(cli.parser("Measure trained VAE and CVAE checkpoints on the MNIST test images.", FLAGS))
 
-    device = utils.pick_device(args.device)
+    device = cli.pick_device(args.device)
     loaded = [
-        (path, *utils.load_model(path, device))
-        for _, path in utils.choose_runs(args.runs_dir, args.run_name, args.checkpoint)
+        (path, *load_model(path, device)) for _, path in runs.choose_runs(args.runs_dir, args.run_name, args.checkpoint)
     ]
     if args.exact and all(
         model.latent_dim != 2 for _, model, _ in loaded
     ):  # else the exact value is of the 2-d ones only
         path, model, _ = loaded[0]
-        raise utils.UserError(
+        raise cli.UserError(
             f"--exact integrates over a 2-d latent plane; {path} has latent size {model.latent_dim}: "
             f"drop --exact for it"
         )
@@ -210,4 +196,5 @@ def main():
 
 
 if __name__ == "__main__":
-    utils.main(main)
+    with cli.one_line_errors():
+        main()

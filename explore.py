@@ -28,18 +28,19 @@ import json
 import math
 import os
 
-import utils
-from mnist import load_mnist
-from models import MODELS, encode_means
+import cli
+import runs
+from mnist import binarized, load_mnist
+from models import encode_means, load_model
 
 # The page's template: plain HTML, inline CSS and JavaScript, no external file of any kind. main() writes the models'
 # data (JSON) over its PLACEHOLDER; opened as it is, the template says that it is one.
 TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "explore_page.html")
 PLACEHOLDER = "/*DATA*/null"
 
-DEFAULTS = dict(
-    utils.RUN_DEFAULTS,  # run_name None: the newest run of each model
-    out="explore.html",
+FLAGS = dict(
+    {k: v for k, v in cli.RUN_FLAGS.items() if k != "device"},
+    out=("explore.html", str, "the page to write", dict(metavar="FILE")),
 )
 
 
@@ -71,50 +72,45 @@ def page_model(name, path, model, checkpoint, means, labels):
 
 
 def main():
-    p = utils.parser(
+    description = (
         "Write a self-contained HTML page that decodes the latent plane of the VAE and CVAE "
-        "checkpoints in the browser, over their test images' latent means.",
-        DEFAULTS,
+        "checkpoints in the browser, over their test images' latent means."
     )
-    utils.add_run_flags(p)
-    utils.add_data_flag(p)
-    p.add_argument("--out", metavar="FILE", help="the page to write")
-    args, _ = utils.parse(p, DEFAULTS)
+    args, _ = cli.parse(cli.parser(description, FLAGS))
 
     loaded = []
-    for _, path in utils.choose_runs(args.runs_dir, args.run_name, args.checkpoint):
-        model, checkpoint = utils.load_model(path)
+    for _, path in runs.choose_runs(args.runs_dir, args.run_name, args.checkpoint):
+        model, checkpoint = load_model(path)
         if model.latent_dim != 2:
-            raise utils.UserError(
+            raise cli.UserError(
                 f"{path}: the explorer page needs a 2-d latent; this run has latent size {model.latent_dim}"
             )
         if model.arch != "original":
-            raise utils.UserError(
+            raise cli.UserError(
                 f"{path}: the explorer page runs the original's decoder; this run has --arch {model.arch}"
             )
         loaded.append((checkpoint["model"], path, model, checkpoint))
     names = [name for name, *_ in loaded]
     for name in set(names):
         if names.count(name) > 1:
-            raise utils.UserError(
+            raise cli.UserError(
                 f"{names.count(name)} {name} checkpoints given; the page holds one of each model: pass one"
             )
-    loaded.sort(key=lambda run: list(MODELS).index(run[0]))  # the VAE first: the page opens on it
-    utils.writable_dir(os.path.dirname(args.out) or ".", "--out")
+    loaded.sort(key=lambda run: list(runs.SCRIPTS).index(run[0]))  # the VAE first: the page opens on it
+    runs.writable_dir(os.path.dirname(args.out) or ".", "--out")
 
     models = []
     for name, path, model, checkpoint in loaded:
         # the test images of the kind the run was trained on, as sample.py and latent_dist.py use them
-        images, labels = load_mnist(
-            args.data_dir, train=False, binarized=utils.binarized(checkpoint["args"].get("binarize"))
-        )
+        images, labels = load_mnist(args.data_dir, train=False, binarized=binarized(checkpoint["args"].get("binarize")))
         models.append(page_model(name, path, model, checkpoint, encode_means(model, images, labels), labels))
     data = json.dumps(dict(models=models)).replace("</", "<\\/")  # nothing in it may close the <script>
     with open(TEMPLATE, encoding="utf-8") as f:
         page = f.read().replace(PLACEHOLDER, data)
-    utils.save_atomic(page.encode(), args.out)
+    runs.save_atomic(page.encode(), args.out)
     print(args.out)
 
 
 if __name__ == "__main__":
-    utils.main(main)
+    with cli.one_line_errors():
+        main()

@@ -19,17 +19,9 @@ import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import utils
-from models import MODELS
+import cli
+import runs
 
-DEFAULTS = dict(
-    runs_dir="runs",
-    run_name=None,  # default: the newest run of each model
-    run=None,  # run folders given by hand
-    images_dir="images",
-    table=False,
-    rate_distortion=False,
-)
 RATE_DISTORTION_RUNS = os.path.join("recipes", "VAE", "rd-*")  # under --runs-dir: the committed beta sweep
 PANELS = [
     ("bce", "BCE (reconstruction)"),
@@ -37,6 +29,24 @@ PANELS = [
     ("loss", "loss = BCE + KLD (negative ELBO)"),
 ]
 CURVES = [f"{split}/{name}" for split in ("train", "test") for name, _ in PANELS]  # the tags a figure plots
+FLAGS = dict(
+    runs_dir=cli.RUN_FLAGS["runs_dir"],
+    run_name=cli.RUN_FLAGS["run_name"],
+    run=(
+        None,
+        str,
+        "use this run folder, e.g. runs/VAE/NAME; repeatable",
+        dict(action="append", metavar="DIR", group="which"),
+    ),
+    images_dir=("images", str, "where MODEL_loss.png goes"),
+    table=(False, "switch", "print final losses and training time of every run (or the chosen ones) instead"),
+    rate_distortion=(
+        False,
+        "switch",
+        "plot the final test KLD (rate) against the test BCE (distortion) of runs trained with several --beta: "
+        f"the --run folders, or RUNS_DIR/{RATE_DISTORTION_RUNS}; to IMAGES_DIR/rate_distortion.png",
+    ),
+)
 
 
 def read_scalars(run):
@@ -50,9 +60,9 @@ def read_scalars(run):
     return {tag: ([e.step + 1 for e in events], [e.value for e in events]) for tag, events in curves.items()}, seconds
 
 
-def table(runs):
+def table(folders):
     rows = [("model", "run", "epochs", "test loss", "test bce", "test kld", "train loss", "time s", "val loss")]
-    for model, run in runs:
+    for model, run in folders:
         curves, seconds = read_scalars(run)
         final = lambda tag, curves=curves: f"{curves[tag][1][-1]:.2f}" if tag in curves else "-"
         epochs = max((curves[tag][0][-1] for tag in CURVES if tag in curves), default=0)
@@ -74,17 +84,17 @@ def table(runs):
         print("  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))))
 
 
-def rate_distortion_points(runs):
+def rate_distortion_points(folders):
     """[(beta, rate, distortion)] of the runs, sorted by beta: the final test KLD and BCE, beta from run.json."""
     points = []
-    for run in runs:
-        record = utils.read_run(run)
+    for run in folders:
+        record = runs.read_run(run)
         if not record:
-            raise utils.UserError(f"{run}: no run.json, so its --beta is unknown; pass runs that train.py wrote")
-        flags = utils.current_flags(record)
+            raise cli.UserError(f"{run}: no run.json, so its --beta is unknown; pass runs that train.py wrote")
+        flags = runs.current_flags(record)
         curves, _ = read_scalars(run)
         if "test/kld" not in curves:
-            raise utils.UserError(f"{run}: no epoch logged yet; wait for it, or leave it out")
+            raise cli.UserError(f"{run}: no epoch logged yet; wait for it, or leave it out")
         points.append((flags.get("beta", 1.0), curves["test/kld"][1][-1], curves["test/bce"][1][-1]))
     return sorted(points)
 
@@ -114,25 +124,25 @@ def plot_rate_distortion(points, path):
 
 
 def rate_distortion(runs_dir, chosen, images_dir):
-    runs = chosen or sorted(glob.glob(os.path.join(runs_dir, RATE_DISTORTION_RUNS)))
-    if not runs:
-        raise utils.UserError(
+    folders = chosen or sorted(glob.glob(os.path.join(runs_dir, RATE_DISTORTION_RUNS)))
+    if not folders:
+        raise cli.UserError(
             f"no runs at {os.path.join(runs_dir, RATE_DISTORTION_RUNS)}; pass runs trained with --beta as --run DIR"
         )
-    points = rate_distortion_points(runs)
+    points = rate_distortion_points(folders)
     print(f"{'beta':>6}  {'rate (KLD)':>10}  {'distortion (BCE)':>16}  {'-ELBO':>7}")
     for beta, rate, distortion in points:
         print(f"{beta:6g}  {rate:10.2f}  {distortion:16.2f}  {rate + distortion:7.2f}")
-    path = os.path.join(utils.writable_dir(images_dir, "--images-dir"), "rate_distortion.png")
+    path = os.path.join(runs.writable_dir(images_dir, "--images-dir"), "rate_distortion.png")
     plot_rate_distortion(points, path)
     print(path)
 
 
-def plot(model, runs, images_dir):
+def plot(model, folders, images_dir):
     """One figure of the runs of a model: [(run folder, curves)]."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for k, (run, curves) in enumerate(runs):
-        prefix = f"{os.path.basename(run)} " if len(runs) > 1 else ""
+    for k, (run, curves) in enumerate(folders):
+        prefix = f"{os.path.basename(run)} " if len(folders) > 1 else ""
         for ax, (name, title) in zip(axes, PANELS):
             for split, style, color in (("train", "--", "C0"), ("val", ":", "C2"), ("test", "-", "C1")):
                 if f"{split}/{name}" not in curves and split == "val":
@@ -142,7 +152,7 @@ def plot(model, runs, images_dir):
                     epochs,
                     values,
                     style,
-                    color=f"C{k}" if len(runs) > 1 else color,
+                    color=f"C{k}" if len(folders) > 1 else color,
                     marker="." if len(epochs) < 30 else None,
                     label=prefix + split,
                 )
@@ -150,7 +160,7 @@ def plot(model, runs, images_dir):
             ax.grid(alpha=0.3)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].legend()
-    fig.suptitle(f"{model}: " + ", ".join(run for run, _ in runs))
+    fig.suptitle(f"{model}: " + ", ".join(run for run, _ in folders))
     fig.tight_layout()
     path = os.path.join(images_dir, f"{model}_loss.png")
     fig.savefig(path, dpi=100)
@@ -159,54 +169,40 @@ def plot(model, runs, images_dir):
 
 
 def main():
-    p = utils.parser(
-        "Plot the train and test loss curves of the VAE and CVAE runs, or print a table of runs.", DEFAULTS
-    )
-    utils.add_run_flags(p, what="events")
-    p.add_argument("--images-dir", help="where MODEL_loss.png goes")
-    p.add_argument(
-        "--table",
-        action="store_true",
-        help="print final losses and training time of every run (or the chosen ones) instead of plotting",
-    )
-    p.add_argument(
-        "--rate-distortion",
-        action="store_true",
-        help="plot the final test KLD (rate) against the test BCE (distortion) of runs trained with several --beta: "
-        f"the --run folders, or RUNS_DIR/{RATE_DISTORTION_RUNS}; to IMAGES_DIR/rate_distortion.png",
-    )
-    args, _ = utils.parse(p, DEFAULTS)
+    description = "Plot the train and test loss curves of the VAE and CVAE runs, or print a table of runs."
+    args, _ = cli.parse(cli.parser(description, FLAGS))
 
     if args.rate_distortion:
         return rate_distortion(args.runs_dir, args.run, args.images_dir)
 
     if args.table and not (args.run or args.run_name):
-        runs = utils.all_runs(args.runs_dir)
-        if not runs:
-            raise utils.UserError(
+        folders = runs.all_runs(args.runs_dir)
+        if not folders:
+            raise cli.UserError(
                 f"no runs under {args.runs_dir}/VAE/ or {args.runs_dir}/CVAE/; train one with python train.py"
             )
-        return table(runs)
-    runs = utils.choose_runs(args.runs_dir, args.run_name, args.run, need=utils.EVENTS)
+        return table(folders)
+    folders = runs.choose_runs(args.runs_dir, args.run_name, args.run, need=runs.EVENTS)
     if args.table:
-        return table(runs)
+        return table(folders)
 
     # a run that has logged no epoch yet (only just started, say) is left out, with a note
-    logged = [(model, run, read_scalars(run)[0]) for model, run in runs]
+    logged = [(model, run, read_scalars(run)[0]) for model, run in folders]
     ready = [(model, run, curves) for model, run, curves in logged if any(tag in curves for tag in CURVES)]
     waiting = [run for model, run, curves in logged if not any(tag in curves for tag in CURVES)]
     if not ready:
-        raise utils.UserError(
+        raise cli.UserError(
             f"{', '.join(waiting)}: no epoch logged yet; wait for the first epoch to end, or pass another --run"
         )
-    utils.writable_dir(args.images_dir, "--images-dir")
+    runs.writable_dir(args.images_dir, "--images-dir")
     for run in waiting:
         print(f"note: {run} has logged no epoch yet; left out of the figures", file=sys.stderr)
-    for model in MODELS:
+    for model in runs.SCRIPTS:
         chosen = [(run, curves) for m, run, curves in ready if m == model]
         if chosen:
             plot(model, chosen, args.images_dir)
 
 
 if __name__ == "__main__":
-    utils.main(main)
+    with cli.one_line_errors():
+        main()

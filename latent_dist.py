@@ -24,16 +24,22 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Ellipse
 from torchvision.utils import make_grid
 
-import utils
+import cli
+import mnist
+import runs
 from likelihood import iwae_bounds, log_prior, model_exact_nll, model_log_likelihood
 from mnist import binarize, load_mnist
-from models import encode_means
+from models import encode_means, load_model
 
-DEFAULTS = dict(
-    utils.RUN_DEFAULTS,
-    posterior_images=200,  # VAE_posterior.png picks its 8 images among the first this many test images
-    seed=0,  # of the binarisation of the training images, the ELBO's samples and the 1-d scatter's jitter
-    images_dir="images",
+FLAGS = dict(
+    cli.RUN_FLAGS,
+    images_dir=("images", str, "where the figures go"),
+    posterior_images=(
+        200,
+        cli.number(int, low=8, low_ok=True),
+        "VAE_posterior.png picks its 8 test images among the first this many",
+    ),
+    seed=(0, int, "seed of the binarisation of the training images, the ELBO's samples and the 1-d scatter's jitter"),
 )
 ELBO_SAMPLES = 100  # per image, for the -ELBO that picks the images of VAE_posterior.png
 
@@ -185,40 +191,28 @@ def plot_posterior(model, path, images, labels, out, generator, count=8):
 
 
 def main():
-    p = utils.parser(
+    description = (
         "Plot the latent means of the MNIST training images for the VAE and CVAE checkpoints "
-        "(and, for a 2-d VAE, its decoded manifold and exact posteriors).",
-        DEFAULTS,
+        "(and, for a 2-d VAE, its decoded manifold and exact posteriors)."
     )
-    utils.add_run_flags(p)
-    p.add_argument("--images-dir", help="where the figures go")
-    p.add_argument(
-        "--posterior-images",
-        type=utils.number(int, low=8, low_ok=True),
-        help="VAE_posterior.png picks its 8 test images among the first this many",
-    )
-    p.add_argument("--seed", type=int, help="seed of the binarisation of the training images and of the ELBO's samples")
-    utils.add_device_flag(p)
-    utils.add_data_flag(p)
-    args, _ = utils.parse(p, DEFAULTS)
+    args, _ = cli.parse(cli.parser(description, FLAGS))
 
-    device = utils.pick_device(args.device)
+    device = cli.pick_device(args.device)
     loaded = [
-        (path, *utils.load_model(path, device))
-        for _, path in utils.choose_runs(args.runs_dir, args.run_name, args.checkpoint)
+        (path, *load_model(path, device)) for _, path in runs.choose_runs(args.runs_dir, args.run_name, args.checkpoint)
     ]
     names = [checkpoint["model"] for _, _, checkpoint in loaded]
     for name in set(names):
         if names.count(name) > 1:
-            raise utils.UserError(
+            raise cli.UserError(
                 f"{names.count(name)} {name} checkpoints given; their figures would overwrite each other: "
                 f"pass one per --images-dir"
             )
-    utils.writable_dir(args.images_dir, "--images-dir")
+    runs.writable_dir(args.images_dir, "--images-dir")
     train_x, train_y = load_mnist(args.data_dir, train=True)
     for path, model, checkpoint in loaded:
         name = checkpoint["model"]
-        binarized = utils.binarized(checkpoint["args"].get("binarize"))
+        binarized = mnist.binarized(checkpoint["args"].get("binarize"))
         generator = torch.Generator().manual_seed(args.seed)
         images = binarize(train_x, generator) if binarized else train_x
         mu = encode_means(model, images.to(device), train_y.to(device)).cpu()
@@ -238,4 +232,5 @@ def main():
 
 
 if __name__ == "__main__":
-    utils.main(main)
+    with cli.one_line_errors():
+        main()

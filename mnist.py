@@ -88,9 +88,28 @@ def unpack(gz, raw):
         raise
 
 
+def binarized(flag):
+    """Whether a run's --binarize flag means binarised images (runs from before the flag have None: grey levels)."""
+    return flag == "dynamic"
+
+
 def binarize(images, generator=None):
     """Each pixel drawn as Bernoulli(grey level): 0.0 or 1.0."""
     return torch.bernoulli(images, generator=generator)
+
+
+def splits(data_dir, val=0, limit=None, binarized=False, device="cpu"):
+    """((train_x, train_y), (val_x, val_y), (test_x, test_y)) as train.py uses them: the last `val` training images
+    held out for validation, the first `limit` of the rest for training; binarised runs (--binarize dynamic) see
+    the test and validation images binarised once (the training images are drawn anew each epoch). On `device`."""
+    train_x, train_y = load_mnist(data_dir, train=True)
+    kept = len(train_x) - val
+    val_x, val_y = train_x[kept:], train_y[kept:]
+    if binarized:
+        val_x = binarize(val_x, torch.Generator().manual_seed(0))
+    test_x, test_y = load_mnist(data_dir, train=False, binarized=binarized)
+    pairs = (train_x[:kept][:limit], train_y[:kept][:limit]), (val_x, val_y), (test_x, test_y)
+    return [(x.to(device), y.to(device)) for x, y in pairs]
 
 
 def load_mnist(data_dir="data", train=True, binarized=False):

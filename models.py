@@ -8,22 +8,29 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from runs import read_checkpoint
+
 IMAGE_SIZE = 784  # 28 x 28
-# the networks (--arch): the original's, and the MLPs of Davidson et al. (2018), whose Gaussian VAE the README's
-# literature table cites: encoder 784 -> 256 -> 128 and decoder z -> 128 -> 256 -> 784, ReLU throughout
-ARCHS = ("original", "davidson")
+NUM_CLASSES = 10  # the CVAE's labels
+# The networks (--arch), as the widths of their hidden layers: the encoder's, the VAE's decoder's and the CVAE's
+# decoder's, and the activation after the encoder's first layer (every other hidden layer has a ReLU).
+# original: the original repository's. davidson: the MLPs of Davidson et al. (2018), whose Gaussian VAE the
+# README's literature table cites.
+ARCHS = {
+    "original": dict(encoder=(256, 512), decoder=(256,), cvae_decoder=(512,), first=nn.LeakyReLU),
+    "davidson": dict(encoder=(256, 128), decoder=(128, 256), cvae_decoder=(128, 256), first=nn.ReLU),
+}
 
 
 class Encoder(nn.Module):
-    """q(z|x): input -> 256 (LeakyReLU) -> 512 (ReLU) -> mean and log-variance of a diagonal Gaussian
-    (arch "davidson": input -> 256 (ReLU) -> 128 (ReLU) -> mean and log-variance)."""
+    """q(z|x): input -> two hidden layers -> mean and log-variance of a diagonal Gaussian, each (N, latent_dim)."""
 
-    def __init__(self, in_dim, latent_dim, arch="original"):
+    def __init__(self, in_dim, latent_dim, widths, first=nn.ReLU):
         super().__init__()
-        width, activation = (512, nn.LeakyReLU) if arch == "original" else (128, nn.ReLU)
-        self.body = nn.Sequential(nn.Linear(in_dim, 256), activation(), nn.Linear(256, width), nn.ReLU())
-        self.mu = nn.Linear(width, latent_dim)
-        self.logvar = nn.Linear(width, latent_dim)
+        (w1, w2) = widths
+        self.body = nn.Sequential(nn.Linear(in_dim, w1), first(), nn.Linear(w1, w2), nn.ReLU())
+        self.mu = nn.Linear(w2, latent_dim)
+        self.logvar = nn.Linear(w2, latent_dim)
 
     def forward(self, inputs):
         h = self.body(inputs)
@@ -36,10 +43,10 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """p(x|z): input -> hidden layers (ReLU), of the widths given -> 784 logits, one Bernoulli per pixel."""
 
-    def __init__(self, in_dim, hidden):
+    def __init__(self, in_dim, widths):
         super().__init__()
         layers = []
-        for width in hidden:
+        for width in widths:
             layers += [nn.Linear(in_dim, width), nn.ReLU()]
             in_dim = width
         self.body = nn.Sequential(*layers, nn.Linear(in_dim, IMAGE_SIZE))
@@ -55,15 +62,19 @@ class Decoder(nn.Module):
 
 
 class VAE(nn.Module):
-    """x -> Encoder -> (mu, logvar) -> z = mu + sigma * eps -> Decoder -> logits of x."""
+    """x -> encode -> (mu, logvar) -> reparameterize: z = mu + sigma * eps -> decode -> logits of p(x|z)."""
 
     conditional = False
 
-    def __init__(self, latent_dim=2, num_classes=0, decoder_hidden=256, arch="original"):
+    def __init__(self, latent_dim=2, arch="original"):
         super().__init__()
-        self.latent_dim, self.num_classes, self.arch = latent_dim, num_classes, arch
-        self.encoder = Encoder(IMAGE_SIZE + num_classes, latent_dim, arch)
-        self.decoder = Decoder(latent_dim + num_classes, (decoder_hidden,) if arch == "original" else (128, 256))
+        if arch not in ARCHS:
+            raise ValueError(f"unknown architecture {arch!r}; choose one of: {', '.join(ARCHS)}")
+        self.latent_dim, self.arch = latent_dim, arch
+        labels = NUM_CLASSES if self.conditional else 0  # the CVAE's one-hot label, appended to x and to z
+        widths = ARCHS[arch]
+        self.encoder = Encoder(IMAGE_SIZE + labels, latent_dim, widths["encoder"], widths["first"])
+        self.decoder = Decoder(latent_dim + labels, widths["cvae_decoder" if self.conditional else "decoder"])
 
     def with_label(self, inputs, y):
         """The CVAE appends the one-hot label to the encoder's and the decoder's input."""
@@ -71,13 +82,20 @@ class VAE(nn.Module):
             return inputs
         if y is None:
             raise ValueError("the CVAE needs the labels y as well: call model(x, y), encode(x, y), decode(z, y)")
-        return torch.cat([inputs, F.one_hot(y, self.num_classes).to(inputs.dtype)], dim=1)
+        return torch.cat([inputs, F.one_hot(y, NUM_CLASSES).to(inputs.dtype)], dim=1)
 
     def encode(self, x, y=None):
         """(mu, logvar) of q(z|x), each (N, latent_dim)."""
         return self.encoder(self.with_label(x.reshape(len(x), IMAGE_SIZE), y))
 
+    def reparameterize(self, mu, logvar, generator=None):
+        """z = mu + sigma * eps with eps ~ N(0, I): a sample of q(z|x) through which the gradient reaches mu and
+        logvar (eps carries none). The noise comes from `generator` where one is given, so that it repeats."""
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device)
+        return mu + torch.exp(0.5 * logvar) * eps
+
     def decode_logits(self, z, y=None):
+        """The logits of p(x|z), (N, 784)."""
         return self.decoder(self.with_label(z, y))
 
     def decode(self, z, y=None):
@@ -85,60 +103,32 @@ class VAE(nn.Module):
         return torch.sigmoid(self.decode_logits(z, y))
 
     def forward(self, x, y=None, generator=None):
-        """(logits, mu, logvar): the decoder's logits for one z ~ q(z|x) per image, and q's parameters.
-
-        The noise comes from `generator` when one is given (on the images' device), so that it can be repeated.
-        """
+        """(logits, mu, logvar): the decoder's logits for one z ~ q(z|x) per image, and q's parameters."""
         mu, logvar = self.encode(x, y)  # float32, also under bfloat16 autocast (Encoder.forward)
-        eps = torch.randn(mu.shape, generator=generator, device=mu.device)  # carries no gradient
-        z = mu + torch.exp(0.5 * logvar) * eps
+        z = self.reparameterize(mu, logvar, generator)
         return self.decode_logits(z, y), mu, logvar
 
 
 class CVAE(VAE):
-    conditional = True
+    """The conditional VAE, p(x|y): the one-hot label y goes with x into the encoder and with z into the decoder."""
 
-    def __init__(self, latent_dim=2, num_classes=10, arch="original"):
-        super().__init__(latent_dim, num_classes, decoder_hidden=512, arch=arch)
+    conditional = True
 
 
 MODELS = {"VAE": VAE, "CVAE": CVAE}
 
 
-def softplus(logits):
-    """log(1 + exp(logits)) as relu(l) - log(sigmoid(|l|)): relu carries the large part, so it stays accurate
-    where the sigmoid saturates, and unlike F.softplus and log1p it is vectorised on CPUs (several times faster)."""
-    return torch.relu(logits) - torch.log(torch.sigmoid(logits.abs()))
-
-
-class BernoulliNLL(torch.autograd.Function):
-    """-sum log Bernoulli(x | sigmoid(logits)) = sum softplus(logits) - x . logits, in one pass each way.
-
-    The value of F.binary_cross_entropy_with_logits(reduction="sum") with the gradient
-    sigmoid(logits) - x computed directly: a few times faster on CPUs than autograd's way.
-    """
-
-    @staticmethod
-    def forward(ctx, logits, x):
-        ctx.save_for_backward(logits, x)
-        return softplus(logits).sum() - torch.dot(x.reshape(-1), logits.reshape(-1))
-
-    @staticmethod
-    def backward(ctx, grad):
-        logits, x = ctx.saved_tensors
-        return (torch.sigmoid(logits) - x) * grad, None
-
-
 def loss_function(logits, x, mu, logvar):
-    """Negative ELBO: (total, bce, kld), each the batch mean of a per-image sum, in nats.
+    """The negative ELBO: (loss, bce, kld), each the batch mean of a per-image sum over pixels (or latents), in nats.
 
-    logits are what model(x) returns first; the BCE is computed from them, which stays
-    exact where the sigmoid saturates.
+    BCE = -log p(x|z), the binary cross-entropy of the pixels x with the decoder's probabilities sigmoid(logits)
+    (from the logits, which stays exact where the sigmoid saturates);
+    KLD = KL(q(z|x) || N(0, I)) of the diagonal Gaussian q, in closed form.
     """
-    x = x.reshape(len(x), IMAGE_SIZE)
-    bce = BernoulliNLL.apply(logits.float(), x.float())  # under autocast, in float32
-    # KL(q(z|x) || N(0, I)) for a diagonal Gaussian q, in closed form
-    kld = -0.5 * torch.sum(1 + logvar.float() - mu.float().pow(2) - logvar.float().exp())
+    x = x.reshape(len(x), IMAGE_SIZE).float()
+    mu, logvar = mu.float(), logvar.float()  # under autocast too, in float32
+    bce = F.binary_cross_entropy_with_logits(logits.float(), x, reduction="sum")
+    kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
     n = len(x)
     return (bce + kld) / n, bce / n, kld / n
 
@@ -167,30 +157,6 @@ def encode_means(model, images, labels, batch_size=5000):
     )
 
 
-def read_checkpoint(path, device="cpu"):
-    """The dict a checkpoint.pt holds, checked; torch.load with weights_only=True, so that loading runs no code."""
-    try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"no checkpoint at {path}; train one with train.py or train_CVAE.py, or pass another path"
-        ) from None
-    except Exception as e:
-        raise ValueError(
-            f"{path} is not a readable checkpoint ({type(e).__name__}); it may be truncated or corrupt: "
-            f"pass another checkpoint, or train again"
-        ) from None
-    if isinstance(checkpoint, dict) and "model_state" in checkpoint:  # written before the keys were renamed
-        checkpoint["weights"] = checkpoint.pop("model_state")
-        if "train_state" in checkpoint:
-            checkpoint["trained_weights"] = checkpoint.pop("train_state")
-    if not isinstance(checkpoint, dict) or checkpoint.get("model") not in MODELS or "weights" not in checkpoint:
-        raise ValueError(
-            f"{path} is not a VAE-pytorch checkpoint; pass a checkpoint.pt written by train.py or train_CVAE.py"
-        )
-    return checkpoint
-
-
 def model_from(checkpoint, device="cpu", path="the checkpoint"):
     """The model of a checkpoint dict that read_checkpoint returned, with its weights, in eval mode."""
     args = checkpoint["args"]
@@ -205,6 +171,13 @@ def model_from(checkpoint, device="cpu", path="the checkpoint"):
     return model.to(device).eval()
 
 
+def load_model(path, device="cpu"):
+    """(model, checkpoint): the model a checkpoint.pt was written for, with its weights, in eval mode, and the
+    checkpoint's dict (its flags, epoch and losses)."""
+    checkpoint = read_checkpoint(path, device)
+    return model_from(checkpoint, device, path), checkpoint
+
+
 def load_checkpoint(path, device="cpu"):
     """Rebuild the model a checkpoint.pt was written for, with its weights, in eval mode."""
-    return model_from(read_checkpoint(path, device), device, path)
+    return load_model(path, device)[0]

@@ -10,8 +10,7 @@ out_CVAE/RUN_NAME/NNN.png, which has one row per digit.
 
 import train
 
-DEFAULTS = dict(
-    train.DEFAULTS,
+CHANGES = dict(  # to train.py's defaults
     epochs=20,  # as the original
     lr=1.6e-2,  # the CVAE gains from a higher peak learning rate in its 20 epochs (runs/recipes/README.md)
     warmup_epochs=2.0,
@@ -21,4 +20,4 @@ DEFAULTS = dict(
 if __name__ == "__main__":
     # pictures.prior_grid draws the CVAE's grid: row r is digit r (0 at the top), and each column keeps
     # its noise z down the rows, so that it keeps its style (slant, width, stroke) across the digits
-    train.main("CVAE", DEFAULTS)
+    train.main("CVAE", CHANGES)

@@ -52,7 +52,8 @@ def test_tiny_bench_prints_numbers():
         assert 2000 / (seconds + 0.005) - 1 <= rate <= 2000 / max(seconds - 0.005, 1e-9) + 1
     assert float(re.search(rf"epoch is {NUMBER} times faster than the classic", out).group(1)) > 0
     m = re.search(
-        rf"an epoch: {NUMBER} s; forward and backward alone, on the same batches: {NUMBER} s \((\d+)% of the epoch\)",
+        rf"an epoch: {NUMBER} s; forward and backward alone, on batches of the same size: {NUMBER} s "
+        rf"\((\d+)% of the epoch\)",
         out,
     )
     assert m, out
@@ -79,34 +80,34 @@ def test_bad_numbers(flag, value):
     fails_with(run("bench.py", flag, value, "--device", "cpu", check=False), flag)
 
 
-def test_profile_times_the_same_batches_both_ways(monkeypatch):
-    """The epoch and forward-and-backward alone see the same permutation, and neither runs under the profiler."""
-    seen = []  # (the order of the images, whether the profiler was on) of each pass over the data
-    batches = bench.batches
+def test_profile_times_train_py_s_epoch_outside_the_profiler(monkeypatch):
+    """The profiled epoch and the timed one are train.py's epoch 0, and only the first runs under the profiler."""
+    seen = []  # whether the profiler was on, for each epoch
+    train_epoch = bench.train_epoch
 
-    def watched_batches(images, labels, order, batch_size):
-        seen.append((order.clone(), torch.autograd.profiler._is_profiler_enabled))
-        return batches(images, labels, order, batch_size)
+    def watched(model, optimizer, average, images, labels, args, epoch, bf16):
+        seen.append((epoch, torch.autograd.profiler._is_profiler_enabled))
+        return train_epoch(model, optimizer, average, images, labels, args, epoch, bf16)
 
-    monkeypatch.setattr(bench, "batches", watched_batches)
+    monkeypatch.setattr(bench, "train_epoch", watched)
     torch.manual_seed(0)
     images, labels = torch.rand(300, 784), torch.randint(0, 10, (300,))
-    args = bench.argparse.Namespace(**{**bench.TRAIN_DEFAULTS, "batch_size": 64, "bf16": False})
-    bench.profile_epoch("CVAE", args, torch.device("cpu"), images, labels, 64, steps=5)
-    profiled, epoch, bare = seen
-    assert profiled[1] and not epoch[1] and not bare[1]
-    assert torch.equal(profiled[0], epoch[0]) and torch.equal(epoch[0], bare[0])
+    train_defaults = {name: default for name, (default, *_) in bench.TRAIN_FLAGS.items()}
+    args = bench.argparse.Namespace(**{**train_defaults, "batch_size": 64, "bf16": False})
+    bench.profile_epoch("CVAE", args, torch.device("cpu"), images, labels, 64)
+    assert seen == [(0, True), (0, False)]
 
 
 def test_bfloat16_is_not_native_where_avx512_is_turned_off(monkeypatch):
     # ATEN_CPU_CAPABILITY=avx2 runs a CPU's AVX2 code paths, as a CPU without AVX-512 would: bfloat16 is emulated there
-    import utils
+    import cli
 
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
-    assert utils.native_bf16(torch.device("cpu"))
+    assert cli.use_bf16("auto", torch.device("cpu"))
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
-    assert not utils.native_bf16(torch.device("cpu"))
+    assert not cli.use_bf16("auto", torch.device("cpu"))
+    assert cli.use_bf16(True, torch.device("cpu")) and not cli.use_bf16(False, torch.device("cpu"))
 
 
 def test_the_fraction_is_of_the_peak_before_and_of_the_peak_after_the_epochs(monkeypatch, capsys):
@@ -114,7 +115,7 @@ def test_the_fraction_is_of_the_peak_before_and_of_the_peak_after_the_epochs(mon
     median seconds."""
     rates = iter([100e9, 80e9, 50e9])  # float32 2048^2 before, the model's shape before, 2048^2 after
     monkeypatch.setattr(bench, "matmul_rate", lambda *a, **k: next(rates))
-    monkeypatch.setattr(bench.utils, "native_bf16", lambda device: False)
+    monkeypatch.setattr(bench.cli, "use_bf16", lambda flag, device: False)
     monkeypatch.setattr(bench, "train_py_epochs", lambda *a: [9.0, 2.0, 3.0, 1.0])  # the first warms up: median 2.0 s
     cli = bench.argparse.Namespace(device="cpu", batch_size=256, limit=None, repeats=3)
     bench.roofline("VAE", torch.device("cpu"), cli, False, 60000, 10000)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import ROOT, run, train_both, train_flags
 
-import utils
+import cli
 
 
 def fails_with(result, *phrases):
@@ -270,9 +270,9 @@ def test_an_error_line_goes_to_stderr_in_one_write(monkeypatch):
     monkeypatch.setattr(sys, "stderr", Recorder())
 
     def mistake():
-        raise utils.UserError("no such run; pass --run-name")
+        raise cli.UserError("no such run; pass --run-name")
 
-    with pytest.raises(SystemExit) as exit:
-        utils.main(mistake)
+    with pytest.raises(SystemExit) as exit, cli.one_line_errors():
+        mistake()
     assert exit.value.code == 1
     assert writes == ["error: no such run; pass --run-name\n"]

@@ -8,9 +8,10 @@ import pytest
 import torch
 from conftest import ROOT, run
 
-import utils
+import mnist
 from evaluate import active_units
 from mnist import load_mnist
+from models import load_model
 
 
 def fails_in_one_line(result, *phrases):
@@ -141,8 +142,8 @@ def test_active_units_counts_the_means_that_vary():
 
 def counted_active_units(checkpoint_path, limit):
     """The active units of a checkpoint on the first `limit` test images, counted here from its encoder's means."""
-    model, checkpoint = utils.load_model(os.path.join(ROOT, checkpoint_path))
-    binarized = utils.binarized(checkpoint["args"].get("binarize"))
+    model, checkpoint = load_model(os.path.join(ROOT, checkpoint_path))
+    binarized = mnist.binarized(checkpoint["args"].get("binarize"))
     x, y = load_mnist(os.path.join(ROOT, "data"), train=False, binarized=binarized)
     with torch.no_grad():
         mu = model.encode(x[:limit], y[:limit] if model.conditional else None)[0].double()

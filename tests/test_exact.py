@@ -9,8 +9,7 @@ from conftest import run
 
 from likelihood import exact_nll, iwae_bounds, log_bernoulli, model_exact_nll
 from mnist import load_mnist
-from models import VAE
-from utils import load_model
+from models import VAE, load_model
 
 D, S = 20, 0.25  # x in R^20, noise sd: the posterior's sd is about S / sqrt(D) = 0.06, as narrow as a trained VAE's
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models import CVAE, VAE, BernoulliNLL, load_checkpoint, loss_function, read_checkpoint
+from models import ARCHS, CVAE, VAE, load_checkpoint, loss_function
+from runs import read_checkpoint
 
 
 @pytest.mark.parametrize("Model", [VAE, CVAE])
@@ -138,17 +139,12 @@ def test_checkpoints_cannot_run_code(tmp_path):
         read_checkpoint(path)
 
 
-def test_the_one_pass_bce_matches_torch_in_value_and_gradient():
-    logits = (torch.randn(8, 784, dtype=torch.float64) * 8).requires_grad_()
-    x = torch.rand(8, 784, dtype=torch.float64)
-    ours = BernoulliNLL.apply(logits, x)
-    (grad,) = torch.autograd.grad(ours, logits)
-    logits_again = logits.detach().clone().requires_grad_()
-    theirs = F.binary_cross_entropy_with_logits(logits_again, x, reduction="sum")
-    theirs.backward()
-    assert ours.item() == pytest.approx(theirs.item(), rel=1e-12)
-    assert torch.allclose(grad, logits_again.grad, rtol=0, atol=1e-12)
-    assert torch.autograd.gradcheck(BernoulliNLL.apply, (logits[:2, :5].detach().requires_grad_(), x[:2, :5]))
+def test_an_unknown_architecture_is_one_line_that_names_the_choices():
+    with pytest.raises(ValueError, match=r"^unknown architecture 'typo'; choose one of: original, davidson$"):
+        VAE(arch="typo")
+    with pytest.raises(ValueError, match="choose one of"):
+        CVAE(arch="typo")
+    assert list(ARCHS) == ["original", "davidson"]
 
 
 def test_z_reaches_the_decoder_in_float32_under_bfloat16_autocast():

@@ -14,8 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from cnn import load_classifier
 from mnist import load_mnist
-from models import loss_sums
-from utils import load_model
+from models import load_model, loss_sums
 
 RUNS = [("VAE", "reference"), ("CVAE", "reference"), ("VAE", "binarized"), ("CVAE", "binarized")]
 ROW = re.compile(

@@ -14,9 +14,10 @@ import torch
 from conftest import ROOT, run, run_process
 from PIL import Image
 
-import utils
+import cli
 from mnist import load_mnist
-from models import VAE, read_checkpoint
+from models import VAE, load_model
+from runs import read_checkpoint
 
 VAE_RUN = os.path.join(ROOT, "runs", "VAE", "reference")
 CVAE_RUN = os.path.join(ROOT, "runs", "CVAE", "reference")
@@ -114,7 +115,7 @@ def test_reconstruct_pairs_inputs_and_reconstructions(tmp_path, test_set, run_di
     grid = picture(tmp_path, "reconstruct", "-n", 12, "--checkpoint", run_dir)
     assert grid.shape == size(4, 8)  # two row pairs, the second padded to 8 columns
     images, labels = test_set[0][:12], test_set[1][:12]
-    model, _ = utils.load_model(os.path.join(run_dir, "checkpoint.pt"))
+    model, _ = load_model(os.path.join(run_dir, "checkpoint.pt"))
     y = labels if model.conditional else None
     with torch.no_grad():
         reconstructions = as_saved(model.decode(model.encode(images, y)[0], y))  # from the means, with the labels
@@ -138,7 +139,7 @@ def test_interpolate_ends_are_the_inputs(tmp_path, test_set, run_dir):
 def test_traverse_2d_orientation(tmp_path):
     grid = picture(tmp_path, "traverse", "--steps", 5, "--range", 2, "--checkpoint", VAE_RUN)
     assert grid.shape == size(5, 5)
-    model, _ = utils.load_model(os.path.join(VAE_RUN, "checkpoint.pt"))
+    model, _ = load_model(os.path.join(VAE_RUN, "checkpoint.pt"))
     corners = {(0, 0): (-2, 2), (0, 4): (2, 2), (4, 0): (-2, -2), (4, 4): (2, -2)}  # (row, column): (z1, z2)
     with torch.no_grad():
         for (row, column), z in corners.items():
@@ -267,8 +268,8 @@ def test_errors_are_one_line(tmp_path, monkeypatch, capsys, flags):
     out = tmp_path / "x.png"
     monkeypatch.chdir(ROOT)
     monkeypatch.setattr(sys, "argv", ["sample.py", *map(str, flags), "--out", str(out)])
-    with pytest.raises(SystemExit) as exit:
-        utils.main(sample.main)
+    with pytest.raises(SystemExit) as exit, cli.one_line_errors():
+        sample.main()
     assert exit.value.code == 1
     err = capsys.readouterr().err
     assert err.endswith("\n") and len(err.splitlines()) == 1 and "error" in err

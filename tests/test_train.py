@@ -14,7 +14,8 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mnist import load_mnist
-from models import CVAE, VAE, load_checkpoint, loss_sums, read_checkpoint
+from models import CVAE, VAE, load_checkpoint, loss_sums
+from runs import read_checkpoint
 
 TAGS = {
     *("train/bce", "train/kld", "train/loss", "train/objective", "test/bce", "test/kld", "test/loss"),
@@ -200,30 +201,30 @@ def test_resume_from_a_checkpoint_written_before_run_json(tmp_path):
 
 MEASURE_PAGE_FAULTS = """
 import argparse, resource, sys, torch
-import train, utils
+import cli, train
+from models import VAE
 
-def page_faults_per_step():
-    args = argparse.Namespace(**{**train.DEFAULTS, "bf16": False})
-    model, optimizer, _ = train.build("VAE", args, torch.device("cpu"))
-    images, labels = torch.rand(256 * 20, 784), torch.zeros(256 * 20, dtype=torch.long)
-    epoch = lambda: train.train_epoch(model, optimizer, lambda step: 1e-3, None,
-                                      train.batches(images, labels, torch.arange(len(images)), 256), show=False)
+cli.reuse_freed_memory()  # as train.py, before any allocation
+args = argparse.Namespace(**{**{name: default for name, (default, *_) in train.FLAGS.items()}, "bf16": False})
+torch.manual_seed(0)
+model = VAE()
+optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+images, labels = torch.rand(256 * 20, 784), torch.zeros(256 * 20, dtype=torch.long)
+epoch = lambda: train.train_epoch(model, optimizer, None, images, labels, args, 0)
+epoch()
+per_step = []
+# the median of 5 epochs: a rare epoch grows the heap once by a block (~200 faults), then reuses it
+for _ in range(5):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     epoch()
-    per_step = []
-    # the median of 5 epochs: a rare epoch grows the heap once by a block (~200 faults), then reuses it
-    for _ in range(5):
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        epoch()
-        per_step.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 20)
-    print(sorted(per_step)[2])
-
-utils.main(page_faults_per_step)
+    per_step.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 20)
+print(sorted(per_step)[2])
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 def test_a_script_reuses_freed_memory_instead_of_faulting_in_fresh_pages():
-    # a fresh process, for a fresh malloc; without utils.main's mallopt a step faults in ~200 new pages
+    # a fresh process, for a fresh malloc; without cli.reuse_freed_memory a step faults in ~200 new pages
     # (its 800 KB gradients)
     result = subprocess.run(
         [sys.executable, "-c", MEASURE_PAGE_FAULTS], cwd=ROOT, capture_output=True, text=True, check=True

@@ -13,6 +13,7 @@ from models import CVAE, VAE
 NUMBER = r"(\d+(?:\.\d+)?)"
 
 
+@pytest.mark.slow
 def test_tiny_bench_prints_numbers():
     out = run("bench.py", "--repeats", 1, "--limit", 2000, "--device", "cpu", "--profile", "--no-bf16").stdout
     assert re.search(r"^VAE, 2000 images, batch size \d+, bfloat16 False, on cpu", out, re.M), out

@@ -11,6 +11,8 @@ from test_train import CPU, assert_same_weights, kill_during_epoch, scalars, wei
 
 import train
 
+pytestmark = pytest.mark.slow  # runs training: not in the quick tier (-m 'not slow')
+
 
 def test_the_weight_rises_linearly_to_beta_at_the_end_of_the_warm_up():
     args = argparse.Namespace(beta=0.5, kl_warmup_epochs=2.0)

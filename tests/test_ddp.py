@@ -3,7 +3,10 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT, train_flags
+
+pytestmark = pytest.mark.slow  # runs training: not in the quick tier (-m 'not slow')
 
 
 def torchrun(script, tmp_path, name, limit):

@@ -52,6 +52,7 @@ def test_corrupt_data_file(tmp_path, data_copy, damage):
     fails_with(result, "train-images-idx3-ubyte.gz is corrupt")
 
 
+@pytest.mark.slow
 def test_corrupt_unpacked_file_without_its_gz(tmp_path, data_copy):
     raw = data_copy / "MNIST" / "raw"
     run("train.py", "--epochs", 1, "--limit", 100, "--data-dir", data_copy, *train_flags(tmp_path, "ok"))  # unpacks

@@ -11,6 +11,8 @@ from likelihood import exact_nll, iwae_bounds, log_bernoulli, model_exact_nll
 from mnist import load_mnist
 from models import VAE, load_model
 
+pytestmark = pytest.mark.slow  # runs training: not in the quick tier (-m 'not slow')
+
 D, S = 20, 0.25  # x in R^20, noise sd: the posterior's sd is about S / sqrt(D) = 0.06, as narrow as a trained VAE's
 
 

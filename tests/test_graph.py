@@ -74,6 +74,7 @@ def snapshot(folder):
     return sorted((d, f, os.stat(os.path.join(d, f)).st_mtime_ns) for d, _, fs in os.walk(folder) for f in fs)
 
 
+@pytest.mark.slow
 def test_table_lists_every_committed_recipe(tmp_path):
     expected = committed_runs()
     assert len(expected) > 10
@@ -85,6 +86,7 @@ def test_table_lists_every_committed_recipe(tmp_path):
     assert snapshot(RECIPES) == before
 
 
+@pytest.mark.slow
 def test_figures_of_the_recipes_go_to_the_images_dir(tmp_path):
     before = snapshot(RECIPES)
     result = run("graph.py", "--runs-dir", RECIPES, "--images-dir", tmp_path)
@@ -145,6 +147,7 @@ def test_rate_distortion_without_runs_is_one_line(tmp_path):
     fails_with(result, "no runs at", "--run")
 
 
+@pytest.mark.slow
 def test_rate_distortion_from_the_committed_sweep(tmp_path):
     """The committed beta sweep gives six points whose rate falls as beta grows, and its beta = 1 run is the
     committed latent10 run again (the same flags, so the same final test -ELBO)."""

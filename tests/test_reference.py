@@ -79,6 +79,7 @@ def final_test_loss(run_dir):
     return events.Scalars("test/loss")[-1].value
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_name, run_name", RUNS)
 def test_readme_seed_spread_matches_the_committed_logs(model_name, run_name):
     runs = [os.path.join(ROOT, "runs", model_name, run_name)]
@@ -241,7 +242,7 @@ def test_the_readme_python_example_runs(monkeypatch):
     scope = {}
     exec(compile(blocks[0], "README.md", "exec"), scope)
     assert scope["model"].training is False and scope["images"].shape == (16, 784)
-    assert scope["logits"].shape == (10000, 784) and 0 < scope["images"].min() and scope["images"].max() < 1
+    assert scope["logits"].shape == (10000, 784) and 0 <= scope["images"].min() and scope["images"].max() <= 1
     # one z per image, from the global generator: the logged test loss of that run, up to the noise of one draw
     assert (
         abs(scope["loss"].item() - json.load(open(os.path.join(ROOT, "runs", "reference.json")))["VAE"]["test_loss"])

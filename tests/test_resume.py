@@ -14,6 +14,8 @@ from test_train import CPU, scalars
 
 import train
 
+pytestmark = pytest.mark.slow  # runs training: not in the quick tier (-m 'not slow')
+
 
 def started_run(tmp, name, *flags):
     run(

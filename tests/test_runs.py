@@ -12,6 +12,8 @@ from conftest import ROOT, run, train_flags
 import cli
 import runs
 
+pytestmark = pytest.mark.slow  # runs training: not in the quick tier (-m 'not slow')
+
 
 def make_run(runs_dir, model, name, started):
     folder = runs_dir / model / name

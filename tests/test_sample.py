@@ -276,6 +276,7 @@ def test_errors_are_one_line(tmp_path, monkeypatch, capsys, flags):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_an_error_is_one_line_on_stderr_of_a_real_process(tmp_path):
     result = run_process(
         "sample.py",

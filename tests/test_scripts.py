@@ -2,8 +2,11 @@
 
 import json
 
+import pytest
 from conftest import run
 from PIL import Image
+
+pytestmark = pytest.mark.slow  # runs training: not in the quick tier (-m 'not slow')
 
 
 def test_graph_writes_both_loss_figures(smoke, tmp_path):

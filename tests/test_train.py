@@ -17,6 +17,8 @@ from mnist import load_mnist
 from models import CVAE, VAE, load_checkpoint, loss_sums
 from runs import read_checkpoint
 
+pytestmark = pytest.mark.slow  # runs training: not in the quick tier (-m 'not slow')
+
 TAGS = {
     *("train/bce", "train/kld", "train/loss", "train/objective", "test/bce", "test/kld", "test/loss"),
     *("lr", "beta", "time/epoch_seconds"),

@@ -33,6 +33,7 @@ from cli import UserError
 
 RUN_FILE = "run.json"
 CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"  # with --val: the weights of the epoch with the lowest validation -ELBO
 EVENTS = "events.out.tfevents.*"
 DEFAULT_RUN = "reference"  # the committed run a script reads when you have trained none
 SCRIPTS = {"VAE": "train.py", "CVAE": "train_CVAE.py"}  # the models, and the script that trains each
@@ -162,7 +163,20 @@ def open_run(model_name, defaults, given):
         }
     args = argparse.Namespace(**dict(args, runs_dir=runs_dir, run_name=run_name))
     grid_dir = os.path.join(args.out_dir, run_name)
-    return Run(model_name, run_dir, args, record, checkpoint, grid_dir, checkpoint["epoch"] if checkpoint else None)
+    if args.patience and not args.val:
+        raise UserError("--patience stops on the validation -ELBO: pass --val N too (for instance --val 10000)")
+    saved = checkpoint or {}
+    return Run(
+        model_name,
+        run_dir,
+        args,
+        record,
+        checkpoint,
+        grid_dir,
+        saved.get("epoch"),
+        saved.get("best_epoch"),
+        saved.get("best_val_loss"),
+    )
 
 
 def resumed_flags(defaults, given, saved):
@@ -185,7 +199,8 @@ def resumed_flags(defaults, given, saved):
 @dataclasses.dataclass
 class Run:
     """A training run: its model, folder `dir`, flags `args`, run.json (`record`), the checkpoint it resumes from,
-    its grid folder, and the epoch of its newest checkpoint (counted from 0)."""
+    its grid folder, the epoch of its newest checkpoint, and with --val the epoch of the lowest validation -ELBO
+    and that -ELBO (epochs counted from 0)."""
 
     model_name: str
     dir: str
@@ -194,6 +209,8 @@ class Run:
     checkpoint: dict | None
     grid_dir: str
     last_saved: int | None
+    best_epoch: int | None
+    best_val_loss: float | None
 
     def restore(self, model, optimizer, average):
         """Load the checkpoint a resumed run continues from into the model, its average and the optimizer;
@@ -241,8 +258,9 @@ class Run:
         return SummaryWriter(self.dir, purge_step=start_epoch if args.resume else None)
 
     def save(self, epoch, model, optimizer, average, test_loss, val_loss=None):
-        """Write the epoch's checkpoint atomically, with its test (and validation) -ELBO. "weights" are the
-        weights that are tested and sampled: the moving average with --ema, else the trained ones."""
+        """Write the epoch's checkpoint atomically, with its test (and validation) -ELBO, and with --val best.pt
+        where the validation -ELBO is the lowest yet. "weights" are the weights that are tested and sampled: the
+        moving average with --ema, else the trained ones."""
         state = {
             "model": self.model_name,
             "args": vars(self.args),
@@ -257,9 +275,20 @@ class Run:
             raise FloatingPointError(f"the weights became non-finite in epoch {epoch + 1}")
         if average:
             state.update(trained_weights=model.state_dict(), average_state=average.state_dict())
-        if not dist.is_initialized() or dist.get_rank() == 0:  # under torchrun the first process writes
+        writes = not dist.is_initialized() or dist.get_rank() == 0  # under torchrun the first process writes
+        if val_loss is not None and (self.best_val_loss is None or val_loss < self.best_val_loss):
+            self.best_epoch, self.best_val_loss = epoch, val_loss
+            if writes:  # before checkpoint.pt: a kill between the two redoes this epoch, and writes the same again
+                best = {k: state[k] for k in ("model", "args", "epoch", "weights", "test_loss", "val_loss")}
+                save_atomic(best, os.path.join(self.dir, BEST))
+        state.update(best_epoch=self.best_epoch, best_val_loss=self.best_val_loss)
+        if writes:
             save_atomic(state, os.path.join(self.dir, CHECKPOINT))
         self.last_saved = epoch  # in every process, so that each tells the same story when it stops
+
+    def out_of_patience(self, epoch):
+        """Whether --patience stops the run after `epoch`: no lower validation -ELBO for --patience epochs."""
+        return bool(self.args.patience) and epoch - self.best_epoch >= self.args.patience
 
     def resume_command(self):
         runs_dir = f" --runs-dir {self.args.runs_dir}" if self.args.runs_dir != "runs" else ""

@@ -49,6 +49,11 @@ FLAGS = dict(
     seed=(0, int, "random seed: the same seed and flags give the same weights on CPU"),
     limit=(None, count, "train on the first N training images only, for quick tries"),
     val=(0, cli.number(int, low_ok=True, high=60000), "hold out the last N training images for validation"),
+    patience=(
+        0,
+        cli.number(int, low_ok=True),
+        "with --val: stop when the validation -ELBO has not improved for N epochs",
+    ),
     device=("auto", str, cli.DEVICE_HELP),
     data_dir=("data", str, "the folder that holds MNIST/raw/"),
     out_dir=("out", str, "sample grids go to OUT_DIR/RUN_NAME/NNN.png, one per epoch"),
@@ -95,8 +100,9 @@ def main(model_name="VAE", changes=None, argv=None):
         tested = average.module if average else model
         step_model = DistributedDataParallel(model) if world > 1 else model
         start_epoch = run.restore(model, optimizer, average)  # 0, or where a resumed run stopped
-        if start_epoch >= args.epochs:
-            print(f"{run.dir} has trained {start_epoch} epochs already; pass a larger --epochs to train further")
+        if start_epoch >= args.epochs or (start_epoch and run.out_of_patience(start_epoch - 1)):
+            more = "--epochs" if start_epoch >= args.epochs else f"--patience (it stopped early at {args.patience})"
+            print(f"{run.dir} has trained {start_epoch} epochs already; pass a larger {more} to train further")
             return
         writer = run.start(start_epoch, device, bf16)  # makes the folders, writes run.json (the first process only)
         if writer:
@@ -134,8 +140,11 @@ def main(model_name="VAE", changes=None, argv=None):
                         f"epoch {epoch + 1:3d}/{args.epochs}  train {(sums[0] + sums[1]).item() / sums[2].item():7.2f}"
                         f"{val}  test {test_loss:7.2f}  lr {lr:.2e}  {time.time() - t0:5.1f}s"
                     )
+                if run.out_of_patience(epoch):  # early stopping: best.pt holds the best epoch
+                    print(f"stopped early: no better validation -ELBO since epoch {run.best_epoch + 1}, in best.pt")
+                    break
         if writer:
-            log_run(writer, tested, args, test_x, test_y, epoch)
+            log_run(writer, tested, args, test_x, test_y, run.last_saved)
             writer.close()
         if world > 1:
             check_same_weights(model, world, device, run.dir)

@@ -232,3 +232,42 @@ def test_a_script_reuses_freed_memory_instead_of_faulting_in_fresh_pages():
         [sys.executable, "-c", MEASURE_PAGE_FAULTS], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert float(result.stdout) < 20
+
+
+# a run that overfits within seconds: 200 training images, a constant high learning rate, 1,000 validation images
+OVERFIT = ["--limit", 200, "--batch-size", 32, "--val", 1000, "--lr", 1e-2, "--schedule", "constant"]
+OVERFIT += ["--warmup-epochs", 0, "--no-bf16", "--patience", 2, *CPU]
+
+
+def test_patience_stops_early_and_best_pt_holds_the_epoch_of_the_lowest_validation_loss(tmp_path):
+    run("train.py", "--epochs", 40, *OVERFIT, *train_flags(tmp_path, "whole"))
+    run_dir = tmp_path / "runs" / "VAE" / "whole"
+    last, best = read_checkpoint(run_dir / "checkpoint.pt"), read_checkpoint(run_dir / "best.pt")
+    val = [value for _, value in scalars(run_dir)["val/loss"]]
+    assert len(val) == last["epoch"] + 1 < 40  # stopped early, after the epoch it logged last
+    lowest = min(range(len(val)), key=val.__getitem__)
+    assert best["epoch"] == last["best_epoch"] == lowest == len(val) - 1 - 2  # 2 epochs without a lower one
+    assert best["val_loss"] == pytest.approx(val[lowest], abs=1e-4) and best["val_loss"] < min(val[lowest + 1 :])
+    assert "optimizer_state" not in best  # best.pt is for evaluating, not for resuming
+    model = load_checkpoint(run_dir / "best.pt")  # evaluate.py and sample.py load it as they load checkpoint.pt
+    assert_same_weights(model.state_dict(), best["weights"])
+    # resumed, the stopped run trains nothing more, unless --patience grows
+    assert "stopped early" in run("train.py", "--run-name", "whole", "--resume", "--runs-dir", tmp_path / "runs").stdout
+    assert read_checkpoint(run_dir / "checkpoint.pt")["epoch"] == last["epoch"]
+
+
+def test_a_stopped_and_resumed_run_stops_at_the_same_epoch_with_the_same_best_pt(tmp_path):
+    run("train.py", "--epochs", 40, *OVERFIT, *train_flags(tmp_path, "whole"))
+    # the same run stopped after its 10th epoch (a constant schedule does not depend on --epochs), then resumed
+    run("train.py", "--epochs", 10, *OVERFIT, *train_flags(tmp_path, "b"))
+    run("train.py", "--run-name", "b", "--resume", "--epochs", 40, "--runs-dir", tmp_path / "runs")
+    for name in ("checkpoint.pt", "best.pt"):
+        whole = read_checkpoint(tmp_path / "runs" / "VAE" / "whole" / name)
+        resumed = read_checkpoint(tmp_path / "runs" / "VAE" / "b" / name)
+        assert whole["epoch"] == resumed["epoch"] and whole["val_loss"] == resumed["val_loss"], name
+        assert_same_weights(whole["weights"], resumed["weights"])
+
+
+def test_patience_needs_a_validation_set(tmp_path):
+    result = run("train.py", "--patience", 3, *train_flags(tmp_path, "x"), check=False)
+    assert result.returncode == 1 and result.stderr.startswith("error: --patience") and "--val" in result.stderr

@@ -32,7 +32,12 @@ from models import encode_means, load_model, loss_sums
 
 FLAGS = dict(
     cli.RUN_FLAGS,
-    k=(1000, cli.number(int), "importance samples per image for the IWAE bound"),
+    k=(
+        [1000],
+        cli.number(int),
+        "importance samples per image for the IWAE bound; several give a bound each (--k 500 5000)",
+        dict(nargs="+"),
+    ),
     n=(1000, cli.number(int), "CVAE samples per digit classified"),
     limit=(None, cli.number(int), "use the first LIMIT test images only (default: all 10,000)"),
     exact=(False, "switch", "also -log p(x) by integration over the latent plane (2-d latents only)"),
@@ -84,9 +89,10 @@ def evaluate_one(path, model, checkpoint, args, device, classifier):
     generator = torch.Generator(device).manual_seed(checkpoint["args"]["seed"])  # the noise of train.py's test loss
     bce, kld = (loss_sums(model, x, y, generator) / len(x)).tolist()
     # each measurement draws from its own generator, so that one does not change with another's --k or --limit
-    _, iwae = iwae_bounds(
-        model, x, y, args.k, torch.Generator(device).manual_seed(args.seed), f"{checkpoint['model']} IWAE k={args.k}"
-    )
+    iwae = {}
+    for k in args.k:
+        noise = torch.Generator(device).manual_seed(args.seed)
+        iwae[k] = iwae_bounds(model, x, y, k, noise, f"{checkpoint['model']} IWAE k={k}")[1].mean().item()
     r = {
         "checkpoint": path,
         "epochs": checkpoint["epoch"] + 1,
@@ -96,8 +102,9 @@ def evaluate_one(path, model, checkpoint, args, device, classifier):
         "test_bce": bce,
         "test_kld": kld,
         "logged_test_loss": checkpoint["test_loss"],
-        "iwae_nll": iwae.mean().item(),
-        "k": args.k,
+        "iwae_nll": iwae[args.k[-1]],  # of the last --k
+        "k": args.k[-1],
+        "iwae": {str(k): value for k, value in iwae.items()},  # of every --k
         "latent_dim": model.latent_dim,
         "arch": model.arch,
         "active_units": active_units(encode_means(model, x, y)),
@@ -133,10 +140,8 @@ def report(name, r):
         f"  {'test -ELBO':17} {r['test_loss']:8.2f} nats/image  (bce {r['test_bce']:.2f} + kld {r['test_kld']:.2f}); "
         f"logged {r['logged_test_loss']:.2f} (on all 10,000)"
     )
-    print(
-        f"  {'IWAE bound':17} {r['iwae_nll']:8.2f} nats/image  "
-        f"(k={r['k']}; an upper bound on -log p(x) that tightens as k grows)"
-    )
+    for k, value in r["iwae"].items():
+        print(f"  {'IWAE bound':17} {value:8.2f} nats/image  (k={k}; an upper bound on -log p(x), tighter as k grows)")
     given = "x,y" if "label_agreement" in r else "x"
     print(
         f"  {'active units':17} {r['active_units']:5d} of {r['latent_dim']}  "

@@ -129,6 +129,19 @@ def test_each_measurement_has_its_own_noise():
     assert b["iwae_nll"] == c["iwae_nll"] and a["iwae_nll"] != b["iwae_nll"]
 
 
+def test_several_k_in_one_pass_give_each_k_alone():
+    """--k 2 5 gives the bound of --k 2 and that of --k 5, each as a run with that k alone gives it."""
+
+    def figures(*ks):
+        return json.loads(run("evaluate.py", "--run-name", "reference", "--limit", 50, "--json", "--k", *ks).stdout)
+
+    both, two, five = figures(2, 5), figures(2), figures(5)
+    for model in ("VAE", "CVAE"):
+        assert both[model]["iwae"] == {"2": two[model]["iwae_nll"], "5": five[model]["iwae_nll"]}
+        assert both[model]["k"] == 5 and both[model]["iwae_nll"] == five[model]["iwae_nll"]
+        assert both[model]["iwae"]["5"] < both[model]["iwae"]["2"]  # on average the bound tightens as k grows
+
+
 def test_active_units_counts_the_means_that_vary():
     """Dimensions whose mean of q(z|x) varies over the images by a variance above 0.01, about any centre."""
     signs = torch.tensor([1.0, -1.0]).repeat(50)  # a * signs has the variance a^2 over the 100 images

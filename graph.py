@@ -139,7 +139,8 @@ def rate_distortion(runs_dir, chosen, images_dir):
 
 
 def plot(model, folders, images_dir):
-    """One figure of the runs of a model: [(run folder, curves)]."""
+    """One figure of the runs of a model: [(run folder, curves)], to IMAGES_DIR/MODEL_loss.png; returns its three
+    axes (BCE, KLD, loss)."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for k, (run, curves) in enumerate(folders):
         prefix = f"{os.path.basename(run)} " if len(folders) > 1 else ""
@@ -166,6 +167,7 @@ def plot(model, folders, images_dir):
     fig.savefig(path, dpi=100)
     plt.close(fig)
     print(path)
+    return axes
 
 
 def main():

@@ -55,16 +55,22 @@ def writable_dir(path, flag):
 
 
 def save_atomic(state, path):
-    """Write to a temporary file, then rename: a kill at any moment leaves the old file or the new one."""
+    """Write to a temporary file, then rename: a kill at any moment leaves the old file or the new one, and a write
+    that fails (a full disk) leaves the old one and no temporary file."""
     tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        if isinstance(state, bytes):
-            f.write(state)
-        else:
-            torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            if isinstance(state, bytes):
+                f.write(state)
+            else:
+                torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def read_weights(path, device="cpu", what="checkpoint", missing="", remedy=""):
@@ -280,11 +286,26 @@ class Run:
             self.best_epoch, self.best_val_loss = epoch, val_loss
             if writes:  # before checkpoint.pt: a kill between the two redoes this epoch, and writes the same again
                 best = {k: state[k] for k in ("model", "args", "epoch", "weights", "test_loss", "val_loss")}
-                save_atomic(best, os.path.join(self.dir, BEST))
+                self.write(best, BEST)
         state.update(best_epoch=self.best_epoch, best_val_loss=self.best_val_loss)
         if writes:
-            save_atomic(state, os.path.join(self.dir, CHECKPOINT))
+            self.write(state, CHECKPOINT)
         self.last_saved = epoch  # in every process, so that each tells the same story when it stops
+
+    def write(self, state, name):
+        """save_atomic into the run's folder; a failed write (a full disk) is one line that says what is kept."""
+        try:
+            save_atomic(state, os.path.join(self.dir, name))
+        except OSError as e:
+            kept = (
+                "nothing was saved yet"
+                if self.last_saved is None
+                else f"the checkpoint of epoch {self.last_saved + 1} is kept"
+            )
+            raise UserError(
+                f"could not write {os.path.join(self.dir, name)} ({e.strerror or e}); {kept}: make room, then "
+                f"continue with {self.resume_command()}"
+            ) from None
 
     def out_of_patience(self, epoch):
         """Whether --patience stops the run after `epoch`: no lower validation -ELBO for --patience epochs."""

@@ -84,13 +84,11 @@ def main(model_name="VAE", changes=None, argv=None):
         bf16 = cli.use_bf16(args.bf16, device)  # auto is resolved where the run runs
 
         # data: the whole of MNIST as tensors on the device, the training images split as --val and --limit say
-        binarized = args.binarize == "dynamic"  # each pixel drawn as Bernoulli(grey level)
-        data = splits(args.data_dir, args.val, args.limit, binarized, device)
+        data = splits(args.data_dir, args.val, args.limit, args.binarize == "dynamic", device)
         (train_x, train_y), (val_x, val_y), (test_x, test_y) = data
 
-        # the model and its optimizer; `tested` holds the weights that are tested, sampled and saved as "weights":
-        # the moving average with --ema, else the trained ones. Under torchrun DistributedDataParallel averages
-        # the gradients over the processes.
+        # the model and its optimizer; `tested` are the weights tested, sampled and saved: the moving average with
+        # --ema, else the trained ones. Under torchrun DistributedDataParallel averages the processes' gradients.
         torch.manual_seed(args.seed)  # the initial weights
         model = MODELS[model_name](latent_dim=args.latent_dim, arch=args.arch).to(device)
         optimizer = torch.optim.AdamW(
@@ -123,9 +121,8 @@ def main(model_name="VAE", changes=None, argv=None):
                 # the test and validation -ELBO, one z per image, the same noise every epoch (and in evaluate.py)
                 test_sums = loss_sums(tested, test_x[rank::world], test_y[rank::world], eval_noise(device, args, rank))
                 val_sums = loss_sums(tested, val_x[rank::world], val_y[rank::world], eval_noise(device, args, rank))
-                if world > 1:
-                    for tensor in (sums, test_sums, val_sums):
-                        dist.all_reduce(tensor)
+                for tensor in (sums, test_sums, val_sums) if world > 1 else ():  # the sums over every process
+                    dist.all_reduce(tensor)
                 test_loss = test_sums.sum().item() / len(test_x)
                 val_loss = val_sums.sum().item() / len(val_x) if args.val else None
                 if writer:  # the first process logs, and draws the epoch's grid, before the checkpoint

@@ -10,6 +10,7 @@ import torch
 from conftest import ROOT, run, train_both, train_flags
 
 import cli
+from runs import read_checkpoint
 
 
 def fails_with(result, *phrases):
@@ -277,3 +278,120 @@ def test_an_error_line_goes_to_stderr_in_one_write(monkeypatch):
         mistake()
     assert exit.value.code == 1
     assert writes == ["error: no such run; pass --run-name\n"]
+
+
+# --- failure paths, made to happen ---------------------------------------------------------------
+
+
+def copy_run(finished, tmp_path, name="done"):
+    """A private copy of the finished VAE run (its folder and grids) under TMP/runs, free to break."""
+    shutil.copytree(finished / "runs" / "VAE" / name, tmp_path / "runs" / "VAE" / name)
+    shutil.copytree(finished / "out" / name, tmp_path / "out" / name)
+    return tmp_path / "runs" / "VAE" / name
+
+
+def test_a_checkpoint_write_that_fails_midway_keeps_the_old_checkpoint(finished, tmp_path, monkeypatch):
+    run_dir = copy_run(finished, tmp_path)
+    before = (run_dir / "checkpoint.pt").read_bytes()
+    save = torch.save
+
+    def disk_full(state, f, *args, **kwargs):  # writes part of the file, then the disk is full
+        f.write(b"half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    # --lr: an earlier test resumed the shared run with --lr 1e12, which its run.json keeps
+    result = run("train.py", "--resume", "--epochs", 2, "--lr", 1e-3, *train_flags(tmp_path, "done"), check=False)
+    monkeypatch.setattr(torch, "save", save)
+    fails_with(result, "could not write", "No space left on device", "checkpoint of epoch 1 is kept", "--resume")
+    assert (run_dir / "checkpoint.pt").read_bytes() == before  # untouched, and still readable
+    assert read_checkpoint(run_dir / "checkpoint.pt")["epoch"] == 0
+    assert not (run_dir / "checkpoint.pt.tmp").exists()
+
+
+def test_a_resume_that_cannot_restore_the_optimizer_is_one_line(finished, tmp_path):
+    run_dir = copy_run(finished, tmp_path)
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    checkpoint["optimizer_state"]["param_groups"][0]["params"] = [0]  # the state of one tensor, not of the model's
+    torch.save(checkpoint, run_dir / "checkpoint.pt")
+    before = snapshot(tmp_path)
+    result = run("train.py", "--resume", "--epochs", 2, *train_flags(tmp_path, "done"), check=False)
+    fails_with(result, "--resume", "does not fit", "start a new run")
+    assert snapshot(tmp_path) == before  # nothing written
+
+
+def train_in_process(tmp_path, name, capsys):
+    """train.main on 300 images for one epoch, here, where monkeypatch reaches the train module; its exit status
+    and stderr, as run() gives them."""
+    import train
+
+    with pytest.raises(SystemExit) as exit:
+        train.main(argv=["--epochs", "1", "--limit", "300", *map(str, train_flags(tmp_path, name))])
+        sys.exit(0)
+    return type("Result", (), {"returncode": exit.value.code, "stderr": capsys.readouterr().err})
+
+
+def test_weights_that_turn_non_finite_are_never_saved(tmp_path, monkeypatch, capsys):
+    """The last step of an epoch leaves a nan in the weights (its objective was still finite): no checkpoint."""
+    import train
+
+    train_epoch = train.train_epoch
+
+    def poisoned(model, *args, **kwargs):
+        out = train_epoch(model, *args, **kwargs)
+        with torch.no_grad():
+            next(model.parameters()).view(-1)[0] = float("nan")
+        return out
+
+    monkeypatch.setattr(train, "train_epoch", poisoned)
+    fails_with(train_in_process(tmp_path, "nan", capsys), "non-finite", "before any checkpoint")
+    assert not (tmp_path / "runs" / "VAE" / "nan" / "checkpoint.pt").exists()
+
+
+def test_the_objective_is_checked_not_only_the_elbo(tmp_path, monkeypatch, capsys):
+    """A KLD weight that makes the objective non-finite stops training, though the -ELBO stays finite."""
+    import train
+
+    monkeypatch.setattr(train, "kl_weight", lambda *args: float("inf"))
+    line = fails_with(train_in_process(tmp_path, "inf", capsys), "in epoch 1/1, step 1", "before any checkpoint")
+    assert "the loss became inf" in line or "the loss became nan" in line
+    assert not (tmp_path / "runs" / "VAE" / "inf" / "checkpoint.pt").exists()
+
+
+def numeric_flags():
+    """(script, subcommand, flag) for every flag of every script that takes a number."""
+    import bench
+    import classifier
+    import evaluate
+    import latent_dist
+    import sample
+    import train
+
+    def numbers(flags):
+        return [name for name, (_, kind, *_) in flags.items() if callable(kind) and kind not in (str, bool)]
+
+    found = [(script, None, name) for script, module in [("train.py", train), ("evaluate.py", evaluate),
+             ("latent_dist.py", latent_dist), ("bench.py", bench), ("classifier.py", classifier)]
+             for name in numbers(module.FLAGS)]  # fmt: skip
+    for command, (_, _, flags) in sample.COMMANDS.items():
+        found += [("sample.py", command, name) for name in numbers({**flags, **sample.FLAGS})]
+    return found
+
+
+NUMERIC_FLAGS = numeric_flags()
+
+
+def test_every_script_s_numbers_are_found():
+    names = {(script, name) for script, _, name in NUMERIC_FLAGS}
+    assert {("train.py", "beta"), ("train.py", "lr"), ("train.py", "ema"), ("train.py", "seed")} <= names
+    assert {("evaluate.py", "k"), ("sample.py", "range"), ("classifier.py", "lr"), ("bench.py", "repeats")} <= names
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+@pytest.mark.parametrize("script, command, name", NUMERIC_FLAGS)
+def test_every_numeric_flag_refuses_nan_and_inf(tmp_path, script, command, name, value):
+    flag = "-n" if (script, name) == ("sample.py", "n") else "--" + name.replace("_", "-")
+    values = [value, 1] if name == "between" else [value]
+    result = run(script, *([command] if command else []), flag, *values, "--runs-dir", tmp_path, check=False)
+    fails_with(result, flag)
+    assert not os.listdir(tmp_path)  # no run was started

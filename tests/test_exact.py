@@ -58,7 +58,7 @@ def test_linear_gaussian_matches_the_closed_form():
     true = -linear_log_px(x, W, b)
     nll, info = exact_nll(gaussian_log_likelihood(x, W, b), len(x), max_ll)
     assert info["converged"].all()
-    assert (nll - true).abs().max() < 0.01, nll - true
+    assert (nll - true).abs().max() < 1e-4, nll - true  # the method is good to about 3e-6 nat here
     mean, _ = posterior(x, W, b)  # each image's box holds its posterior mean, even far out in the prior's tail
     box = info["box"].double()
     assert (
@@ -79,7 +79,7 @@ def test_two_mode_posterior_matches_the_closed_form():
     assert (mean[:, 0] > 5 * cov[0, 0].sqrt()).all()  # two modes, apart
     hints = torch.stack([mean[:, 0].abs(), mean[:, 1]], 1).float()
     nll, info = exact_nll(gaussian_log_likelihood(x, W, b, fold=True), len(x), max_ll, hints=hints)
-    assert (nll - true).abs().max() < 0.01, nll - true
+    assert (nll - true).abs().max() < 1e-4, nll - true  # the method is good to about 3e-6 nat here
     assert (info["box"][:, 0] < -hints[:, 0]).all()  # the mode the hint did not show is in the box too
 
 

@@ -140,6 +140,38 @@ def test_rate_distortion_prints_and_draws_each_run_at_its_rate_and_distortion(tm
     assert not colour_near(40, 70, blue)  # rate and distortion the other way round
     assert colour_near(90, 10, red) and colour_near(75, 25, red)
     assert not colour_near(70, 10, red)
+    # each point's label names its beta
+    labels = {text.get_text(): text.xy for text in ax.texts}
+    assert labels == {"β = 4": (110.0, 5.0), "β = 1": (80.0, 20.0), "β = 0.25": (70.0, 40.0)}
+
+
+def test_loss_figure_draws_each_split_under_its_own_label(tmp_path):
+    """Each panel's train, validation and test curves carry their own label, style and values, by epoch from 1."""
+    import graph
+
+    logged = {"train": (200.0, 5.0), "val": (190.0, 6.0), "test": (180.0, 7.0)}  # (bce, kld) at epoch 0
+    writer = SummaryWriter(tmp_path / "runs" / "VAE" / "r")
+    for epoch in range(3):
+        for split, (bce, kld) in logged.items():
+            bce, kld = bce - 10 * epoch, kld + epoch
+            writer.add_scalar(f"{split}/bce", bce, epoch)
+            writer.add_scalar(f"{split}/kld", kld, epoch)
+            writer.add_scalar(f"{split}/loss", bce + kld, epoch)
+    writer.close()
+    run_dir = str(tmp_path / "runs" / "VAE" / "r")
+    axes = graph.plot("VAE", [(run_dir, graph.read_scalars(run_dir)[0])], tmp_path)
+    assert os.path.exists(tmp_path / "VAE_loss.png")
+    styles = {"train": "--", "val": ":", "test": "-"}
+    for ax, panel in zip(axes, ("bce", "kld", "loss")):
+        lines = {line.get_label(): line for line in ax.get_lines()}
+        assert set(lines) == set(logged)
+        for split, (bce, kld) in logged.items():
+            expected = {"bce": bce, "kld": kld, "loss": bce + kld}[panel]
+            step = {"bce": -10, "kld": 1, "loss": -9}[panel]
+            assert list(lines[split].get_xdata()) == [1, 2, 3]  # epochs counted from 1
+            assert list(lines[split].get_ydata()) == pytest.approx([expected + step * e for e in range(3)])
+            assert lines[split].get_linestyle() == styles[split]
+    assert [t.get_text() for t in axes[0].get_legend().get_texts()] == ["train", "val", "test"]
 
 
 def test_rate_distortion_without_runs_is_one_line(tmp_path):

@@ -134,6 +134,14 @@ def test_interpolate_ends_are_the_inputs(tmp_path, test_set, run_dir):
     inputs = as_saved(test_set[0][[3, 17]])
     assert close(cell(grid, 0, 0), inputs[0]) and close(cell(grid, 0, 6), inputs[1])
     assert not close(cell(grid, 0, 1), cell(grid, 0, 5))  # the decoded line moves
+    # from image 3's latent mean (next to it) to image 17's (next to that), decoded as image 3's digit
+    model, _ = load_model(os.path.join(run_dir, "checkpoint.pt"))
+    x, y = test_set[0][[3, 17]], test_set[1][[3, 17]]
+    with torch.no_grad():
+        mu, _ = model.encode(x, y if model.conditional else None)
+        ends = as_saved(model.decode(mu, y[[0, 0]] if model.conditional else None))
+    assert close(cell(grid, 0, 1), ends[0]) and close(cell(grid, 0, 5), ends[1])
+    assert not close(cell(grid, 0, 1), ends[1])
 
 
 def test_traverse_2d_orientation(tmp_path):

@@ -49,6 +49,7 @@ FLAGS = dict(
     seed=(0, int, "random seed: the same seed and flags give the same weights on CPU"),
     limit=(None, count, "train on the first N training images only, for quick tries"),
     val=(0, cli.number(int, low_ok=True, high=60000), "hold out the last N training images for validation"),
+    images_every=(1, count, "log samples and reconstructions to TensorBoard every N epochs (and the last)"),
     patience=(
         0,
         cli.number(int, low_ok=True),
@@ -128,7 +129,7 @@ def main(model_name="VAE", changes=None, argv=None):
                 if writer:  # the first process logs, and draws the epoch's grid, before the checkpoint
                     sums_of = {"train": sums, "test": test_sums} | ({"val": val_sums} if args.val else {})
                     log_scalars(writer, epoch, sums_of, (len(test_x), len(val_x)), lr, beta)
-                    log_pictures(writer, tested, epoch, noise, test_x, test_y, run.grid_dir)
+                    log_pictures(writer, tested, args, epoch, noise, test_x, test_y, run.grid_dir)
                 run.save(epoch, model, optimizer, average, test_loss, val_loss)  # atomic; the first process writes
                 if writer:
                     writer.add_scalar("time/epoch_seconds", time.time() - t0, epoch)  # bench.py reads it
@@ -238,13 +239,15 @@ def log_scalars(writer, epoch, sums, counts, lr, beta):
 
 
 @torch.no_grad()
-def log_pictures(writer, model, epoch, noise, test_x, test_y, grid_dir):
-    """The epoch's samples and reconstructions to TensorBoard, and its sample grid to GRID_DIR/NNN.png."""
+def log_pictures(writer, model, args, epoch, noise, test_x, test_y, grid_dir):
+    """The epoch's sample grid to GRID_DIR/NNN.png, and its samples and reconstructions to TensorBoard every
+    --images-every epochs and at the last (in a long run they are most of the event file)."""
     samples = prior_grid(model, noise)
     save_image(samples, os.path.join(grid_dir, f"{epoch:03d}.png"), nrow=8, padding=2)
-    writer.add_image("samples", make_grid(samples, nrow=8, padding=2), epoch)
-    reconstructions = reconstruction_grid(model, test_x[:RECONSTRUCTIONS], test_y[:RECONSTRUCTIONS])
-    writer.add_image("reconstructions", make_grid(reconstructions, nrow=8, padding=2), epoch)
+    if (epoch + 1) % args.images_every == 0 or epoch + 1 == args.epochs:
+        writer.add_image("samples", make_grid(samples, nrow=8, padding=2), epoch)
+        reconstructions = reconstruction_grid(model, test_x[:RECONSTRUCTIONS], test_y[:RECONSTRUCTIONS])
+        writer.add_image("reconstructions", make_grid(reconstructions, nrow=8, padding=2), epoch)
     writer.flush()  # before the checkpoint: what a checkpoint covers is always logged
 
 

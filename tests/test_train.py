@@ -271,3 +271,11 @@ def test_a_stopped_and_resumed_run_stops_at_the_same_epoch_with_the_same_best_pt
 def test_patience_needs_a_validation_set(tmp_path):
     result = run("train.py", "--patience", 3, *train_flags(tmp_path, "x"), check=False)
     assert result.returncode == 1 and result.stderr.startswith("error: --patience") and "--val" in result.stderr
+
+
+def test_images_every_logs_the_tensorboard_grids_every_n_epochs_and_the_last(tmp_path):
+    run("train.py", "--epochs", 4, "--limit", 300, "--images-every", 3, *CPU, *train_flags(tmp_path, "sparse"))
+    logged = events(tmp_path / "runs" / "VAE" / "sparse")
+    for tag in ("samples", "reconstructions"):
+        assert [e.step for e in logged.Images(tag)] == [2, 3]  # epoch 3, and the last
+    assert sorted(os.listdir(tmp_path / "out" / "sparse")) == ["000.png", "001.png", "002.png", "003.png"]

@@ -1,6 +1,6 @@
 """Measure trained models on the MNIST test images:  python evaluate.py  (--help for the flags)
 
-By default it evaluates the newest run of each of the VAE and the CVAE under runs/.
+By default it evaluates the default run (runs.py: your newest, else reference) of the VAE and the CVAE.
 For each model it prints, in nats per image (the mean over the images):
   - the test -ELBO with its BCE and KLD parts, with the same noise as train.py's
     logged test/loss, which is printed beside it (they agree for a run trained in

@@ -1,6 +1,6 @@
 """The latent plane in the browser:  python explore.py  (--help for the flags)
 
-Writes one self-contained HTML page, by default explore.html, for the newest VAE and CVAE
+Writes one self-contained HTML page, by default explore.html, for the default VAE and CVAE
 runs (or --run-name, or --checkpoint): the decoders' weights (base64 float32), a JavaScript
 forward pass of the decoder, and the latent means of the 10,000 test images, coloured by
 digit, as the background of the plane. It loads nothing from the network, so it opens from

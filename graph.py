@@ -1,6 +1,7 @@
 """Loss curves of the VAE and the CVAE from their TensorBoard logs:  python graph.py
 
-Plots the newest run of each model to images/VAE_loss.png and images/CVAE_loss.png:
+Plots the default run of each model (runs.py: your newest, else reference) to images/VAE_loss.png and
+images/CVAE_loss.png:
 BCE, KLD and their sum (the negative ELBO), train, validation (runs with --val) and test, per epoch.
 python graph.py --table  prints one line per run instead: the README's comparison of recipes.
 python graph.py --rate-distortion  draws images/rate_distortion.png from runs trained with several --beta

@@ -1,6 +1,7 @@
 """Where the encoder puts the digits:  python latent_dist.py  (--help for the flags)
 
-Encodes the 60,000 training images with the newest VAE and CVAE checkpoints and writes
+Encodes the 60,000 training images with the default VAE and CVAE runs (runs.py: your newest, else
+reference) and writes
 images/VAE_dist.png and images/CVAE_dist.png, the latent means coloured by digit (their
 first two principal components when z has more than 2 dimensions). For a VAE with a
 2-d latent space it also writes

@@ -6,7 +6,8 @@
   traverse     the decoder's images over a grid of the latent space
   restyle      (CVAE) test images redrawn as each digit 0-9
 
-Each works on the newest run of the model it needs (or --run-name, or --checkpoint) and
+Each works on the default run of the model it needs (runs.py: your newest, else reference; or
+--run-name, or --checkpoint) and
 writes one grid of 28 x 28 cells with padding 2 (torchvision.utils.save_image) to --out,
 by default images/MODEL_COMMAND.png (MODEL_COMMAND_D.png with --digit D).
 """

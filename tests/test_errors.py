@@ -387,7 +387,7 @@ def test_every_script_s_numbers_are_found():
     assert {("evaluate.py", "k"), ("sample.py", "range"), ("classifier.py", "lr"), ("bench.py", "repeats")} <= names
 
 
-@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+@pytest.mark.parametrize("value", ["nan", "inf"])
 @pytest.mark.parametrize("script, command, name", NUMERIC_FLAGS)
 def test_every_numeric_flag_refuses_nan_and_inf(tmp_path, script, command, name, value):
     flag = "-n" if (script, name) == ("sample.py", "n") else "--" + name.replace("_", "-")

@@ -46,3 +46,24 @@ def test_the_schedule_reads_the_same_at_the_same_point_of_training_whatever_the_
     args = flags(epochs=10, lr=1e-2, warmup_epochs=1.0)
     for steps in (7, 100, 235):  # --batch-size or --limit change the steps per epoch, not the point of training
         assert train.learning_rate(args, 4, 0, steps) == pytest.approx(1e-2 * 0.5 * (1 + math.cos(math.pi * 0.4)))
+
+
+def test_each_epoch_draws_its_own_order_and_a_resume_draws_it_again(monkeypatch):
+    """The data order of epoch e follows from (seed, e): another epoch or seed, another order; the same, the same."""
+    import torch
+
+    from models import VAE
+
+    seeds, randperm = [], torch.randperm
+
+    def recorded(n, generator=None, **kwargs):
+        seeds.append(generator.initial_seed())
+        return randperm(n, generator=generator, **kwargs)
+
+    monkeypatch.setattr(torch, "randperm", recorded)
+    images, labels = torch.rand(64, 784), torch.zeros(64, dtype=torch.long)
+    for seed, epoch in [(0, 0), (0, 1), (1, 0), (0, 1)]:
+        model = VAE()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        train.train_epoch(model, optimizer, None, images, labels, flags(seed=seed, batch_size=32), epoch)
+    assert len(set(seeds[:3])) == 3 and seeds[3] == seeds[1]

@@ -279,3 +279,14 @@ def test_images_every_logs_the_tensorboard_grids_every_n_epochs_and_the_last(tmp
     for tag in ("samples", "reconstructions"):
         assert [e.step for e in logged.Images(tag)] == [2, 3]  # epoch 3, and the last
     assert sorted(os.listdir(tmp_path / "out" / "sparse")) == ["000.png", "001.png", "002.png", "003.png"]
+
+
+def test_ema_tests_and_saves_the_average_and_resumes_the_trained_weights(tmp_path):
+    run("train.py", "--epochs", 2, "--limit", 1000, "--ema", 0.9, *CPU, *train_flags(tmp_path, "ema"))
+    checkpoint = read_checkpoint(tmp_path / "runs" / "VAE" / "ema" / "checkpoint.pt")
+    averaged, trained = checkpoint["weights"], checkpoint["trained_weights"]
+    assert any(not torch.equal(averaged[k], trained[k]) for k in averaged)  # the average is not the last step
+    # the logged test loss is the average's: evaluate.py, which loads "weights", gives it again
+    result = run("evaluate.py", "--checkpoint", tmp_path / "runs" / "VAE" / "ema", "--k", 1, "--json")
+    r = json.loads(result.stdout)["VAE"]
+    assert abs(r["test_loss"] - r["logged_test_loss"]) < 1e-3

@@ -35,6 +35,7 @@ import cli
 from mnist import load_mnist
 from models import MODELS, loss_function
 from runs import SCRIPTS
+from train import DEFAULTS as TRAIN_DEFAULTS
 from train import FLAGS as TRAIN_FLAGS
 from train import train_epoch
 
@@ -218,8 +219,7 @@ def main():
     images, labels = load_mnist(flags.data_dir, train=True)
     images, labels = images[: flags.limit], labels[: flags.limit]
     bf16 = cli.use_bf16(flags.bf16, device)
-    train_defaults = {name: default for name, (default, *_) in TRAIN_FLAGS.items()}
-    args = argparse.Namespace(**{**train_defaults, "batch_size": flags.batch_size, "bf16": bf16})
+    args = argparse.Namespace(**{**TRAIN_DEFAULTS, "batch_size": flags.batch_size, "bf16": bf16})
     where = (
         torch.cuda.get_device_name(device)
         if device.type == "cuda"

@@ -27,7 +27,6 @@ from datetime import datetime
 
 import torch
 import torch.distributed as dist
-from torch.utils.tensorboard import SummaryWriter
 
 from cli import UserError
 
@@ -242,6 +241,8 @@ class Run:
         what ran. Returns the SummaryWriter of its logs (None in the processes under torchrun that do not write)."""
         if dist.is_initialized() and dist.get_rank() > 0:  # under torchrun the first process writes
             return None
+        from torch.utils.tensorboard import SummaryWriter  # here: the scripts that only read runs need not load it
+
         args = self.args
         if args.resume and not self.checkpoint:
             print(f"{self.dir} stopped before its first checkpoint: starting it again from epoch 1 with its own flags")

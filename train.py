@@ -63,12 +63,13 @@ FLAGS = dict(
     resume=(False, "switch", "continue the run RUNS_DIR/MODEL/RUN_NAME with its flags; flags given win"),
     overwrite=(False, "switch", "start a new run in a folder that holds one, emptying it first"),
 )
+DEFAULTS = {name: default for name, (default, *_) in FLAGS.items()}
 SAMPLES, RECONSTRUCTIONS = 64, 32  # images in the grids logged each epoch
 
 
 def main(model_name="VAE", changes=None, argv=None):
     """Train `model_name` with the flags of the command line (`argv`), and `changes` to FLAGS' defaults."""
-    defaults = {name: default for name, (default, *_) in FLAGS.items()} | (changes or {})
+    defaults = DEFAULTS | (changes or {})
     _, given = cli.parse(cli.parser(f"Train the {model_name} on MNIST.", FLAGS, defaults), argv)
     cli.reuse_freed_memory()  # a CPU speed-up (its docstring says why)
     with cli.one_line_errors():

@@ -93,8 +93,7 @@ def test_profile_times_train_py_s_epoch_outside_the_profiler(monkeypatch):
     monkeypatch.setattr(bench, "train_epoch", watched)
     torch.manual_seed(0)
     images, labels = torch.rand(300, 784), torch.randint(0, 10, (300,))
-    train_defaults = {name: default for name, (default, *_) in bench.TRAIN_FLAGS.items()}
-    args = bench.argparse.Namespace(**{**train_defaults, "batch_size": 64, "bf16": False})
+    args = bench.argparse.Namespace(**{**bench.TRAIN_DEFAULTS, "batch_size": 64, "bf16": False})
     bench.profile_epoch("CVAE", args, torch.device("cpu"), images, labels, 64)
     assert seen == [(0, True), (0, False)]
 

@@ -91,7 +91,7 @@ def test_flags_given_on_a_resume_reach_the_optimizer_and_run_json_keeps_the_star
 
 
 def schedule(**flags):
-    return argparse.Namespace(**{**{name: default for name, (default, *_) in train.FLAGS.items()}, **flags})
+    return argparse.Namespace(**{**train.DEFAULTS, **flags})
 
 
 def test_the_schedule_is_a_function_of_how_far_training_has_got():

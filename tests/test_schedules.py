@@ -9,7 +9,7 @@ import train
 
 
 def flags(**changes):
-    return argparse.Namespace(**{**{name: default for name, (default, *_) in train.FLAGS.items()}, **changes})
+    return argparse.Namespace(**{**train.DEFAULTS, **changes})
 
 
 def test_warm_up_then_cosine_over_every_step_of_a_small_run():

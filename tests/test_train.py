@@ -207,7 +207,7 @@ import cli, train
 from models import VAE
 
 cli.reuse_freed_memory()  # as train.py, before any allocation
-args = argparse.Namespace(**{**{name: default for name, (default, *_) in train.FLAGS.items()}, "bf16": False})
+args = argparse.Namespace(**{**train.DEFAULTS, "bf16": False})
 torch.manual_seed(0)
 model = VAE()
 optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)

@@ -256,11 +256,18 @@ def test_patience_stops_early_and_best_pt_holds_the_epoch_of_the_lowest_validati
     assert read_checkpoint(run_dir / "checkpoint.pt")["epoch"] == last["epoch"]
 
 
-def test_a_stopped_and_resumed_run_stops_at_the_same_epoch_with_the_same_best_pt(tmp_path):
+def test_a_killed_and_resumed_run_stops_at_the_same_epoch_with_the_same_best_pt(tmp_path):
     run("train.py", "--epochs", 40, *OVERFIT, *train_flags(tmp_path, "whole"))
-    # the same run stopped after its 10th epoch (a constant schedule does not depend on --epochs), then resumed
-    run("train.py", "--epochs", 10, *OVERFIT, *train_flags(tmp_path, "b"))
-    run("train.py", "--run-name", "b", "--resume", "--epochs", 40, "--runs-dir", tmp_path / "runs")
+    stopped = read_checkpoint(tmp_path / "runs" / "VAE" / "whole" / "checkpoint.pt")["epoch"]
+    # the same run, killed (SIGKILL: no clean-up) as soon as its second epoch's checkpoint is there, then resumed
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"), *map(str, ["--epochs", 40, *OVERFIT])]
+    proc = subprocess.Popen([*cmd, *map(str, train_flags(tmp_path, "b"))], cwd=ROOT, stdout=subprocess.DEVNULL)
+    checkpoint, deadline = tmp_path / "runs" / "VAE" / "b" / "checkpoint.pt", time.time() + 120
+    while time.time() < deadline and not (checkpoint.exists() and read_checkpoint(checkpoint)["epoch"] >= 1):
+        time.sleep(0.01)
+    proc.kill()
+    assert proc.wait() == -signal.SIGKILL and read_checkpoint(checkpoint)["epoch"] < stopped  # killed in mid-run
+    assert "stopped early" in run("train.py", "--run-name", "b", "--resume", "--runs-dir", tmp_path / "runs").stdout
     for name in ("checkpoint.pt", "best.pt"):
         whole = read_checkpoint(tmp_path / "runs" / "VAE" / "whole" / name)
         resumed = read_checkpoint(tmp_path / "runs" / "VAE" / "b" / name)

@@ -100,8 +100,9 @@ def test_same_seed_gives_identical_weights_and_resume_restores_the_flags(tmp_pat
     assert all([step for step, _ in values] == [0, 1] for values in scalars(tmp_path / "runs" / "VAE" / "c").values())
 
 
-def kill_during_epoch(cmd, run_dir, epoch, sig):
-    """Start cmd, wait until it is training `epoch` (counted from 1), then send it `sig`."""
+def kill_during_epoch(cmd, run_dir, epoch, sig, settle=0.3):
+    """Start cmd, wait until it is training `epoch` (counted from 1), then `settle` seconds more (into the epoch),
+    then send it `sig`."""
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     checkpoint = run_dir / "checkpoint.pt"
@@ -111,7 +112,7 @@ def kill_during_epoch(cmd, run_dir, epoch, sig):
         if epoch > 1 and checkpoint.exists() and read_checkpoint(checkpoint)["epoch"] == epoch - 2:
             break
         time.sleep(0.05)
-    time.sleep(0.3)
+    time.sleep(settle)
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
     if checkpoint.exists():
@@ -259,14 +260,16 @@ def test_patience_stops_early_and_best_pt_holds_the_epoch_of_the_lowest_validati
 def test_a_killed_and_resumed_run_stops_at_the_same_epoch_with_the_same_best_pt(tmp_path):
     run("train.py", "--epochs", 40, *OVERFIT, *train_flags(tmp_path, "whole"))
     stopped = read_checkpoint(tmp_path / "runs" / "VAE" / "whole" / "checkpoint.pt")["epoch"]
-    # the same run, killed (SIGKILL: no clean-up) as soon as its second epoch's checkpoint is there, then resumed
-    cmd = [sys.executable, os.path.join(ROOT, "train.py"), *map(str, ["--epochs", 40, *OVERFIT])]
-    proc = subprocess.Popen([*cmd, *map(str, train_flags(tmp_path, "b"))], cwd=ROOT, stdout=subprocess.DEVNULL)
-    checkpoint, deadline = tmp_path / "runs" / "VAE" / "b" / "checkpoint.pt", time.time() + 120
-    while time.time() < deadline and not (checkpoint.exists() and read_checkpoint(checkpoint)["epoch"] >= 1):
-        time.sleep(0.01)
-    proc.kill()
-    assert proc.wait() == -signal.SIGKILL and read_checkpoint(checkpoint)["epoch"] < stopped  # killed in mid-run
+    # the same run, killed (SIGKILL: no clean-up) as soon as its third epoch begins (its epochs take about 0.3 s,
+    # so no time to settle), then resumed
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "train.py"),
+        *map(str, ["--epochs", 40, *OVERFIT, *train_flags(tmp_path, "b")]),
+    ]
+    run_dir = tmp_path / "runs" / "VAE" / "b"
+    code, _, _ = kill_during_epoch(cmd, run_dir, 3, signal.SIGKILL, settle=0)
+    assert code == -signal.SIGKILL and read_checkpoint(run_dir / "checkpoint.pt")["epoch"] < stopped  # in mid-run
     assert "stopped early" in run("train.py", "--run-name", "b", "--resume", "--runs-dir", tmp_path / "runs").stdout
     for name in ("checkpoint.pt", "best.pt"):
         whole = read_checkpoint(tmp_path / "runs" / "VAE" / "whole" / name)

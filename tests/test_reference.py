@@ -212,14 +212,13 @@ def test_an_independent_iwae_with_500_samples_gives_the_tables_figure():
     model, _ = load_model(os.path.join(ROOT, figures["checkpoint"]))
     test_x, _ = load_mnist(os.path.join(ROOT, "data"), train=False, binarized=True)
     torch.manual_seed(1)
-    k, nll = 500, []
+    k, nll, prior = 500, [], torch.distributions.Normal(0.0, 1.0)
     with torch.no_grad():
         for x in test_x.split(20):
             mu, logvar = model.encode(x)
             q = torch.distributions.Normal(mu, torch.exp(0.5 * logvar))
             z = q.sample((k,))  # (k, images, latent)
             p_x = torch.distributions.Bernoulli(logits=model.decode_logits(z.flatten(0, 1)).view(k, len(x), -1))
-            prior = torch.distributions.Normal(0.0, 1.0)
             log_w = p_x.log_prob(x).sum(-1) + prior.log_prob(z).sum(-1) - q.log_prob(z).sum(-1)
             nll.append(math.log(k) - torch.logsumexp(log_w.double(), 0))
     assert torch.cat(nll).mean().item() == pytest.approx(figures["iwae"]["500"], abs=0.05)

@@ -188,6 +188,20 @@ def test_readme_literature_table_is_the_json():
         assert exact == (printed(r["exact_nll"], 2) if "exact_nll" in r else "–")
 
 
+def test_readme_margins_over_the_published_figures_are_the_tables():
+    """The sentence under the literature table: how far the davidson runs' k = 500 figures lie below the N-VAE's
+    and the S-VAE's, size by size, and how far the original networks' long runs lie behind the N-VAE's."""
+    text, found = " ".join(readme().split()), literature()
+    for i, model in enumerate(("beat the N-VAE at each size, by", "and the S-VAE by")):
+        margins = [float(PUBLISHED[d][i]) - found[f"davidson{d}"]["iwae"]["500"] for d in (2, 5, 10, 20, 40)]
+        assert f"{model} {', '.join(printed(m, 2) for m in margins)} " in text
+    behind = [
+        found[name]["iwae"]["500"] - float(PUBLISHED[LITERATURE[name]][0])
+        for name in ("long", "long5", "long10", "long20")
+    ]
+    assert f"long runs stay {printed(min(behind), 2)} to {printed(max(behind), 2)} behind" in text
+
+
 @pytest.mark.parametrize("run_name", sorted(LITERATURE))
 def test_literature_checkpoint_gives_its_test_loss_and_active_units(run_name):
     """An independent −ELBO of the checkpoint on the binarised test set is the logged and reported one, and an
